@@ -1,0 +1,3 @@
+//! Transport compression towards clients.
+
+pub mod zlib_stream;

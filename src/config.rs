@@ -1,0 +1,371 @@
+//! The configuration file (`config.json`) and its validation.
+//!
+//! Keys are upward-compatible with the original gateway-proxy. Unknown keys
+//! are ignored with a warning so that an operator's old file keeps working;
+//! a wrong type or value stops the proxy with a message naming the key.
+
+use serde::Deserialize;
+use std::{fmt, net::IpAddr, path::Path};
+
+/// Default port for clients.
+pub const DEFAULT_PORT: u16 = 7878;
+/// Default Discord REST base.
+pub const DEFAULT_API_URL: &str = "https://discord.com/api/v10";
+
+/// A configuration error that names the key and what was wrong.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read(String, std::io::Error),
+    /// The file is not valid JSON or a key has the wrong type.
+    Parse {
+        /// Path of the offending key, e.g. `cache.members`.
+        key: String,
+        /// What serde said.
+        message: String,
+    },
+    /// A key has a value outside what it accepts.
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read(path, e) => write!(f, "cannot read config file {path}: {e}"),
+            Self::Parse { key, message } if key.is_empty() || key == "." => {
+                write!(f, "config is not valid: {message}")
+            }
+            Self::Parse { key, message } => write!(f, "config key `{key}`: {message}"),
+            Self::Invalid { key, message } => write!(f, "config key `{key}`: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which parts of guild state are cached (and so replayed in GUILD_CREATE).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Channels and threads.
+    pub channels: bool,
+    /// Roles.
+    pub roles: bool,
+    /// Custom emojis.
+    pub emojis: bool,
+    /// Stickers.
+    pub stickers: bool,
+    /// Every member (GUILD_MEMBERS intent needed to keep it complete).
+    pub members: bool,
+    /// The bot's own member in each guild.
+    pub current_member: bool,
+    /// User objects of cached members.
+    pub users: bool,
+    /// Presences.
+    pub presences: bool,
+    /// Voice states.
+    pub voice_states: bool,
+    /// Stage instances.
+    pub stage_instances: bool,
+    /// Scheduled events.
+    pub scheduled_events: bool,
+    /// Soundboard sounds.
+    pub soundboard_sounds: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            channels: true,
+            roles: true,
+            emojis: false,
+            stickers: false,
+            members: false,
+            current_member: true,
+            users: false,
+            presences: false,
+            voice_states: false,
+            stage_instances: false,
+            scheduled_events: false,
+            soundboard_sounds: false,
+        }
+    }
+}
+
+/// The bot's activity as set in Identify (`{{shard}}` in `name` becomes the shard id).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Activity {
+    /// Activity type (0 playing, 1 streaming, 2 listening, 3 watching, 4 custom, 5 competing).
+    #[serde(rename = "type", alias = "kind", default)]
+    pub kind: u8,
+    /// Shown text.
+    pub name: String,
+    /// Stream URL, for type 1.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Custom status text, for type 4.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    log_level: String,
+    token: Option<String>,
+    intents: Option<u64>,
+    port: u16,
+    host: IpAddr,
+    shards: Option<u32>,
+    shard_start: Option<u32>,
+    shard_end: Option<u32>,
+    activity: Option<Activity>,
+    status: Option<String>,
+    backpressure: usize,
+    validate_token: bool,
+    externally_accessible_url: Option<String>,
+    cache: CacheConfig,
+    cores: Option<usize>,
+    api_url: String,
+    gateway_url: Option<String>,
+    identify_timeout_secs: u64,
+    #[serde(flatten)]
+    unknown: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            token: None,
+            intents: None,
+            port: DEFAULT_PORT,
+            host: IpAddr::from([0, 0, 0, 0]),
+            shards: None,
+            shard_start: None,
+            shard_end: None,
+            activity: None,
+            status: None,
+            backpressure: 10_000,
+            validate_token: true,
+            externally_accessible_url: None,
+            cache: CacheConfig::default(),
+            cores: None,
+            api_url: DEFAULT_API_URL.into(),
+            gateway_url: None,
+            identify_timeout_secs: 30,
+            unknown: Default::default(),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// env_logger filter, e.g. `info` or `gateway_proxy=debug`.
+    pub log_level: String,
+    /// Bot token without the `Bot ` prefix.
+    pub token: String,
+    /// Gateway intents for every shard.
+    pub intents: u64,
+    /// Client port (0 picks a free one, logged at start).
+    pub port: u16,
+    /// Bind address.
+    pub host: IpAddr,
+    /// Total shard count; `None` takes Discord's recommendation.
+    pub shards: Option<u32>,
+    /// First local shard (inclusive).
+    pub shard_start: Option<u32>,
+    /// Last local shard (exclusive).
+    pub shard_end: Option<u32>,
+    /// Presence activity sent in Identify.
+    pub activity: Option<Activity>,
+    /// Presence status sent in Identify (`online`, `idle`, `dnd`, `invisible`).
+    pub status: String,
+    /// Per-client outgoing queue bound, in messages.
+    pub backpressure: usize,
+    /// Whether clients must present the bot token.
+    pub validate_token: bool,
+    /// URL clients are told to resume at; default `ws://HOST:PORT`.
+    pub externally_accessible_url: Option<String>,
+    /// What is cached.
+    pub cache: CacheConfig,
+    /// Number of executors (one per core); `None` = every core the process may use.
+    pub cores: Option<usize>,
+    /// Discord REST base URL.
+    pub api_url: String,
+    /// Gateway URL override; `None` uses the `url` from `/gateway/bot`.
+    pub gateway_url: Option<String>,
+    /// Seconds a client has to Identify after the upgrade.
+    pub identify_timeout_secs: u64,
+    /// Keys present in the file that this version does not know.
+    pub unknown_keys: Vec<String>,
+}
+
+impl Config {
+    /// Loads and validates a config file; `TOKEN` in the environment overrides `token`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.display().to_string(), e))?;
+        Self::from_json(&text, std::env::var("TOKEN").ok())
+    }
+
+    /// Parses and validates config text; `env_token` overrides the file's token.
+    pub fn from_json(text: &str, env_token: Option<String>) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        let token = env_token
+            .filter(|t| !t.trim().is_empty())
+            .or(raw.token)
+            .map(|t| t.trim().trim_start_matches("Bot ").trim().to_owned())
+            .unwrap_or_default();
+        if token.is_empty() {
+            return Err(invalid("token", "missing: set `token` in the config or the TOKEN environment variable"));
+        }
+        let Some(intents) = raw.intents else {
+            return Err(invalid("intents", "missing: set the gateway intents bitfield, e.g. 513"));
+        };
+        if intents >= 1 << 26 {
+            return Err(invalid("intents", format!("{intents} has bits Discord does not define")));
+        }
+        if raw.shards == Some(0) {
+            return Err(invalid("shards", "must be at least 1 (or null for Discord's recommendation)"));
+        }
+        if let (Some(s), Some(e)) = (raw.shard_start, raw.shard_end) {
+            if s >= e {
+                return Err(invalid("shard_end", format!("must be greater than shard_start ({s}), got {e}")));
+            }
+        }
+        if let (Some(total), Some(e)) = (raw.shards, raw.shard_end) {
+            if e > total {
+                return Err(invalid("shard_end", format!("{e} is beyond the shard count {total}")));
+            }
+        }
+        if raw.backpressure == 0 {
+            return Err(invalid("backpressure", "must be at least 1"));
+        }
+        if raw.cores == Some(0) {
+            return Err(invalid("cores", "must be at least 1 (or omit it to use every core)"));
+        }
+        if raw.identify_timeout_secs == 0 {
+            return Err(invalid("identify_timeout_secs", "must be at least 1"));
+        }
+        let status = raw.status.unwrap_or_else(|| "online".into());
+        if !matches!(status.as_str(), "online" | "idle" | "dnd" | "invisible" | "offline") {
+            return Err(invalid("status", format!("`{status}` is not one of online, idle, dnd, invisible, offline")));
+        }
+        check_url("api_url", &raw.api_url, &["http", "https"])?;
+        if let Some(u) = &raw.gateway_url {
+            check_url("gateway_url", u, &["ws", "wss"])?;
+        }
+        if let Some(u) = &raw.externally_accessible_url {
+            check_url("externally_accessible_url", u, &["ws", "wss"])?;
+        }
+        Ok(Self {
+            log_level: raw.log_level,
+            token,
+            intents,
+            port: raw.port,
+            host: raw.host,
+            shards: raw.shards,
+            shard_start: raw.shard_start,
+            shard_end: raw.shard_end,
+            activity: raw.activity,
+            status,
+            backpressure: raw.backpressure,
+            validate_token: raw.validate_token,
+            externally_accessible_url: raw.externally_accessible_url,
+            cache: raw.cache,
+            cores: raw.cores,
+            api_url: raw.api_url.trim_end_matches('/').to_owned(),
+            gateway_url: raw.gateway_url.map(|u| u.trim_end_matches('/').to_owned()),
+            identify_timeout_secs: raw.identify_timeout_secs,
+            unknown_keys: raw.unknown.keys().cloned().collect(),
+        })
+    }
+
+    /// The local shard range once the total is known.
+    pub fn local_shards(&self, total: u32) -> Result<std::ops::Range<u32>, ConfigError> {
+        let start = self.shard_start.unwrap_or(0);
+        let end = self.shard_end.unwrap_or(total);
+        if end > total {
+            return Err(invalid("shard_end", format!("{end} is beyond the shard count {total}")));
+        }
+        if start >= end {
+            return Err(invalid("shard_start", format!("{start} leaves no local shard below {end}")));
+        }
+        Ok(start..end)
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+fn check_url(key: &'static str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    match url.split_once("://") {
+        Some((scheme, rest)) if schemes.contains(&scheme) && !rest.is_empty() => Ok(()),
+        _ => Err(invalid(key, format!("`{url}` is not a {} URL", schemes.join("/")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads() {
+        let text = include_str!("../config.json.example");
+        let c = Config::from_json(text, None).unwrap();
+        assert_eq!(c.port, DEFAULT_PORT);
+        assert!(c.cache.channels && c.cache.roles && c.cache.current_member);
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+    }
+
+    #[test]
+    fn defaults_and_env_token() {
+        let c = Config::from_json(r#"{"token":"file","intents":1}"#, Some("Bot env".into())).unwrap();
+        assert_eq!(c.token, "env");
+        assert_eq!(c.port, 7878);
+        assert_eq!(c.api_url, DEFAULT_API_URL);
+        assert_eq!(c.cache, CacheConfig::default());
+        assert_eq!(c.local_shards(4).unwrap(), 0..4);
+    }
+
+    #[test]
+    fn partial_cache_object_keeps_other_defaults() {
+        let c = Config::from_json(r#"{"token":"t","intents":1,"cache":{"members":true}}"#, None).unwrap();
+        assert!(c.cache.members && c.cache.channels && c.cache.roles);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (r#"{"token":"t","intents":1,"port":"x"}"#, "port"),
+            (r#"{"token":"t","intents":1,"cache":{"members":3}}"#, "cache.members"),
+            (r#"{"intents":1}"#, "token"),
+            (r#"{"token":"t"}"#, "intents"),
+            (r#"{"token":"t","intents":1,"shard_start":3,"shard_end":2}"#, "shard_end"),
+            (r#"{"token":"t","intents":1,"status":"busy"}"#, "status"),
+            (r#"{"token":"t","intents":1,"api_url":"ftp://x"}"#, "api_url"),
+            (r#"{"token":"t","intents":1,"cores":0}"#, "cores"),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_json(text, None).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_not_fatal() {
+        let c = Config::from_json(r#"{"token":"t","intents":1,"twilight_http_proxy":null}"#, None).unwrap();
+        assert_eq!(c.unknown_keys, vec!["twilight_http_proxy".to_string()]);
+    }
+}

@@ -1,0 +1,214 @@
+//! The websocket layer towards clients, driven without blocking.
+//!
+//! Reading: tungstenite's [`WebSocketContext`] parses client frames (masking,
+//! fragmentation, control frames, size limits) from bytes the connection
+//! read itself. Writing: server frames are unmasked, so the writer lays down
+//! tungstenite's [`FrameHeader`] and the payload directly into its output
+//! buffer, splicing each client's sequence number without extra copies.
+
+use crate::compression::zlib_stream::ZlibStream;
+use std::io::{self, Read, Write};
+use tungstenite::protocol::{
+    frame::{
+        coding::{Control, Data, OpCode},
+        FrameHeader,
+    },
+    Role, WebSocketConfig, WebSocketContext,
+};
+pub use tungstenite::Message;
+
+/// Largest payload a client may send (Discord's limit).
+pub const MAX_CLIENT_PAYLOAD: usize = 4096;
+
+/// How messages to this client are encoded.
+#[derive(Debug)]
+pub enum Encoding {
+    /// Plain JSON in text frames.
+    Json,
+    /// One zlib stream for the whole connection, binary frames.
+    ZlibStream(Box<ZlibStream>),
+    /// Identify `compress: true`: every message a complete zlib stream of its own.
+    ZlibMessage(Box<flate2::Compress>),
+}
+
+/// Frames outgoing messages for one client.
+#[derive(Debug)]
+pub struct FrameWriter {
+    encoding: Encoding,
+    scratch: Vec<u8>,
+    /// Payload bytes before compression (for metrics and benchmarks).
+    pub bytes_in: u64,
+    /// Bytes put on the wire.
+    pub bytes_out: u64,
+}
+
+impl FrameWriter {
+    /// A writer for the given encoding.
+    pub fn new(encoding: Encoding) -> Self {
+        Self { encoding, scratch: Vec::new(), bytes_in: 0, bytes_out: 0 }
+    }
+
+    /// Appends one complete message made of `parts` to `out`.
+    pub fn message(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.bytes_in += len as u64;
+        let before = out.len();
+        match &mut self.encoding {
+            Encoding::Json => {
+                header(OpCode::Data(Data::Text), len, out);
+                for p in parts {
+                    out.extend_from_slice(p);
+                }
+            }
+            Encoding::ZlibStream(z) => {
+                self.scratch.clear();
+                z.compress(parts, &mut self.scratch);
+                header(OpCode::Data(Data::Binary), self.scratch.len(), out);
+                out.extend_from_slice(&self.scratch);
+            }
+            Encoding::ZlibMessage(c) => {
+                self.scratch.clear();
+                c.reset();
+                let whole: Vec<u8> = parts.concat();
+                self.scratch.reserve(whole.len() / 2 + 64);
+                loop {
+                    let consumed = c.total_in() as usize;
+                    let status = c
+                        .compress_vec(&whole[consumed..], &mut self.scratch, flate2::FlushCompress::Finish)
+                        .expect("deflate of in-memory data cannot fail");
+                    if status == flate2::Status::StreamEnd {
+                        break;
+                    }
+                    self.scratch.reserve(self.scratch.capacity().max(64));
+                }
+                header(OpCode::Data(Data::Binary), self.scratch.len(), out);
+                out.extend_from_slice(&self.scratch);
+            }
+        }
+        self.bytes_out += (out.len() - before) as u64;
+    }
+
+    /// Appends a close frame.
+    pub fn close(&mut self, code: u16, reason: &str, out: &mut Vec<u8>) {
+        let reason = &reason.as_bytes()[..reason.len().min(123)];
+        header(OpCode::Control(Control::Close), 2 + reason.len(), out);
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(reason);
+    }
+}
+
+fn header(opcode: OpCode, len: usize, out: &mut Vec<u8>) {
+    let h = FrameHeader { opcode, ..FrameHeader::default() };
+    h.format(len as u64, out).expect("writing to a Vec cannot fail");
+}
+
+/// Reads client frames from bytes the connection supplies.
+pub struct FrameReader {
+    ctx: WebSocketContext,
+}
+
+impl std::fmt::Debug for FrameReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameReader")
+    }
+}
+
+/// Why reading client frames stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A message larger than Discord allows: close 4002.
+    TooLarge,
+    /// Broken websocket framing: close 1002.
+    Protocol(String),
+    /// The client completed the close handshake.
+    Closed,
+}
+
+struct MemIo<'a> {
+    input: &'a [u8],
+    output: &'a mut Vec<u8>,
+}
+
+impl Read for MemIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl Write for MemIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameReader {
+    /// A reader for a server-side connection.
+    pub fn new() -> Self {
+        let mut config = WebSocketConfig::default();
+        // Room for control frames and a little slack; the 4096-byte rule is checked per message.
+        config.max_message_size = Some(64 << 10);
+        config.max_frame_size = Some(64 << 10);
+        Self { ctx: WebSocketContext::new(Role::Server, Some(config)) }
+    }
+
+    /// Feeds bytes read from the socket. Complete text/binary messages go to
+    /// `on_message`; bytes tungstenite wants sent (pongs, close replies) are
+    /// appended to `replies`.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        replies: &mut Vec<u8>,
+        mut on_message: impl FnMut(Message) -> bool,
+    ) -> Result<(), ReadError> {
+        let mut io = MemIo { input, output: replies };
+        loop {
+            match self.ctx.read(&mut io) {
+                Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                    let len = match &msg {
+                        Message::Text(t) => t.len(),
+                        Message::Binary(b) => b.len(),
+                        _ => 0,
+                    };
+                    if len > MAX_CLIENT_PAYLOAD {
+                        return Err(ReadError::TooLarge);
+                    }
+                    if !on_message(msg) {
+                        return Ok(());
+                    }
+                }
+                Ok(Message::Close(_)) => {
+                    let _ = self.ctx.flush(&mut io);
+                    return Err(ReadError::Closed);
+                }
+                Ok(_) => {
+                    let _ = self.ctx.flush(&mut io);
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = self.ctx.flush(&mut io);
+                    return Ok(());
+                }
+                Err(tungstenite::Error::Capacity(_)) => return Err(ReadError::TooLarge),
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Err(ReadError::Closed)
+                }
+                Err(e) => return Err(ReadError::Protocol(e.to_string())),
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Validation of what a client sends before and at Identify, with the close
+//! codes Discord would use.
+
+use crate::{protocol::op, runtime::Shared};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What to do with one client payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Answer with a Heartbeat ACK.
+    Ack,
+    /// Identify accepted.
+    Identify(ValidIdentify),
+    /// Resume attempted (answered with Invalid Session until sessions can be resumed).
+    Resume,
+    /// A command for Discord (op 3, 4, 8, 31), forwarded as sent.
+    Command(u8),
+    /// Close the connection with this code and reason.
+    Close(u16, String),
+}
+
+/// An accepted Identify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidIdentify {
+    /// The shard the client asked for.
+    pub shard: u32,
+    /// Whether the client asked for per-message zlib (`compress: true`).
+    pub compress: bool,
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    op: Option<i64>,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IdentifyData {
+    token: Option<String>,
+    #[serde(default)]
+    shard: Option<[u64; 2]>,
+    #[serde(default)]
+    compress: Option<bool>,
+}
+
+fn close(code: u16, reason: impl Into<String>) -> Action {
+    Action::Close(code, reason.into())
+}
+
+/// Compares tokens in time independent of where they differ.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let given = given.trim();
+    let given = given.strip_prefix("Bot ").unwrap_or(given).as_bytes();
+    let expected = expected.as_bytes();
+    let mut diff = given.len() ^ expected.len();
+    for i in 0..given.len().max(expected.len()) {
+        let a = given.get(i).copied().unwrap_or(0);
+        let b = expected.get(i).copied().unwrap_or(0xff);
+        diff |= usize::from(a ^ b);
+    }
+    diff == 0
+}
+
+/// Decides what to do with payload `text`; `identified` says whether the
+/// connection already identified.
+pub fn classify(text: &[u8], identified: bool, shared: &Shared) -> Action {
+    let Ok(payload) = serde_json::from_slice::<Payload>(text) else {
+        return close(4002, "decode error: payload is not a JSON object with an `op`");
+    };
+    let Some(opcode) = payload.op else {
+        return close(4002, "decode error: payload has no `op`");
+    };
+    let opcode = match u8::try_from(opcode) {
+        Ok(o) if matches!(o, 1 | 2 | 3 | 4 | 6 | 8 | 31) => o,
+        _ => return close(4001, format!("unknown opcode {opcode}")),
+    };
+    match opcode {
+        op::HEARTBEAT => Action::Ack,
+        op::IDENTIFY if identified => close(4005, "already authenticated"),
+        op::IDENTIFY => validate_identify(payload.d, shared),
+        op::RESUME if identified => close(4005, "already authenticated"),
+        op::RESUME => Action::Resume,
+        _ if !identified => close(4003, "not authenticated: send Identify first"),
+        other => {
+            if payload.d.is_none() {
+                return close(4002, "decode error: command without `d`");
+            }
+            Action::Command(other)
+        }
+    }
+}
+
+fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
+    let Some(data) = d.and_then(|d| serde_json::from_str::<IdentifyData>(d.get()).ok()) else {
+        return close(4002, "decode error: invalid Identify payload");
+    };
+    let Some(token) = data.token else {
+        return close(4002, "decode error: Identify without token");
+    };
+    if shared.config.validate_token && !token_matches(&token, &shared.config.token) {
+        return close(4004, "authentication failed");
+    }
+    let [id, count] = data.shard.unwrap_or([0, 1]);
+    if count != u64::from(shared.total_shards) {
+        return close(4010, format!("invalid shard: the proxy runs {} shards, not {count}", shared.total_shards));
+    }
+    let Ok(id) = u32::try_from(id) else { return close(4010, "invalid shard id") };
+    if id >= shared.total_shards || !shared.is_local(id) {
+        return close(
+            4010,
+            format!("invalid shard: shard {id} is not served here (local shards {}..{})", shared.local.start, shared.local.end),
+        );
+    }
+    Action::Identify(ValidIdentify { shard: id, compress: data.compress.unwrap_or(false) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("abc", "abc"));
+        assert!(token_matches("Bot abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("abcd", "abc"));
+        assert!(!token_matches("", "abc"));
+    }
+}

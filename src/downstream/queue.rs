@@ -1,0 +1,132 @@
+//! A client's outgoing queue: bounded, single-threaded, drained in batches
+//! by the client's writer so one socket write carries many messages.
+
+use super::outgoing::Outgoing;
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    future::poll_fn,
+    task::{Poll, Waker},
+};
+
+/// Why an item was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The client is `backpressure` messages behind.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+struct Inner {
+    items: VecDeque<Outgoing>,
+    capacity: usize,
+    waker: Option<Waker>,
+    closed: bool,
+    high_water: usize,
+}
+
+/// The queue between a shard (and the client's reader) and the client's writer.
+pub struct ClientQueue {
+    inner: RefCell<Inner>,
+}
+
+impl ClientQueue {
+    /// A queue holding at most `capacity` items.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: RefCell::new(Inner {
+                items: VecDeque::new(),
+                capacity: capacity.max(1),
+                waker: None,
+                closed: false,
+                high_water: 0,
+            }),
+        }
+    }
+
+    /// Queues an item, failing when full or closed.
+    pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closed {
+            return Err(PushError::Closed);
+        }
+        if inner.items.len() >= inner.capacity {
+            return Err(PushError::Full);
+        }
+        inner.items.push_back(item);
+        inner.high_water = inner.high_water.max(inner.items.len());
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Closes the queue: the writer ends once it has drained what is queued.
+    pub fn close(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.closed = true;
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.borrow().closed
+    }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.inner.borrow().items.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most items ever waiting at once.
+    pub fn high_water(&self) -> usize {
+        self.inner.borrow().high_water
+    }
+
+    /// Waits for items and moves up to `max` of them into `batch`; returns
+    /// false once the queue is closed and empty.
+    pub async fn pop_batch(&self, batch: &mut Vec<Outgoing>, max: usize) -> bool {
+        poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.items.is_empty() {
+                if inner.closed {
+                    return Poll::Ready(false);
+                }
+                inner.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = inner.items.len().min(max);
+            batch.extend(inner.items.drain(..n));
+            Poll::Ready(true)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_drains_in_batches() {
+        let q = ClientQueue::new(2);
+        q.push(Outgoing::Payload(vec![1])).unwrap();
+        q.push(Outgoing::Payload(vec![2])).unwrap();
+        assert_eq!(q.push(Outgoing::Payload(vec![3])), Err(PushError::Full));
+        let mut batch = Vec::new();
+        assert!(futures_lite::future::block_on(q.pop_batch(&mut batch, 10)));
+        assert_eq!(batch.len(), 2);
+        q.close();
+        assert_eq!(q.push(Outgoing::Payload(vec![4])), Err(PushError::Closed));
+        assert!(!futures_lite::future::block_on(q.pop_batch(&mut batch, 10)));
+        assert_eq!(q.high_water(), 2);
+    }
+}

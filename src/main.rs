@@ -1,0 +1,98 @@
+//! The `gateway-proxy` binary: configuration, preflight checks, discovery,
+//! then one executor per core.
+
+use gateway_proxy::{
+    config::Config,
+    preflight,
+    runtime::{self, Shared},
+    upstream::{discovery, identify_queue::IdentifyQueue},
+};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+const USAGE: &str = "usage: gateway-proxy [--config PATH | PATH]\n\n\
+Runs the Discord gateway proxy with the given config file (default ./config.json).\n\
+See config.json.example and README.md for the keys.";
+
+fn config_path() -> Result<PathBuf, String> {
+    let mut args = std::env::args().skip(1);
+    let mut path = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-V" | "--version" => {
+                println!("gateway-proxy {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "-c" | "--config" => path = Some(args.next().ok_or("--config needs a path")?),
+            other if other.starts_with('-') => return Err(format!("unknown flag {other}\n\n{USAGE}")),
+            other if path.is_none() => path = Some(other.to_owned()),
+            other => return Err(format!("unexpected argument {other}\n\n{USAGE}")),
+        }
+    }
+    Ok(PathBuf::from(path.unwrap_or_else(|| "config.json".into())))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("gateway-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let path = config_path()?;
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    env_logger::Builder::new()
+        .parse_filters(&config.log_level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    for key in &config.unknown_keys {
+        log::warn!("config key `{key}` is not used by this version; ignored");
+    }
+    preflight::check().map_err(|e| e.to_string())?;
+
+    let gateway = discovery::fetch_gateway_bot(&config.api_url, &config.token)
+        .map_err(|e| format!("GET {}/gateway/bot failed: {e}", config.api_url))?;
+    let total_shards = config.shards.unwrap_or(gateway.shards).max(1);
+    let local = config.local_shards(total_shards).map_err(|e| e.to_string())?;
+    let available = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
+    let cores = config.cores.unwrap_or(available).min(local.len()).max(1);
+    let limit = gateway.session_start_limit;
+    log::info!(
+        "{total_shards} shards in total, running {}..{} on {cores} cores; {} identifies left today, max_concurrency {}",
+        local.start,
+        local.end,
+        limit.remaining,
+        limit.max_concurrency
+    );
+    if (limit.remaining as usize) < local.len() {
+        log::warn!("only {} identifies left for {} shards: some shards wait for the daily reset", limit.remaining, local.len());
+    }
+    let listener = std::net::TcpListener::bind((config.host, config.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let client_resume_url = config
+        .externally_accessible_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{}", if config.host.is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }));
+    let gateway_url = config.gateway_url.clone().unwrap_or(gateway.url.trim_end_matches('/').to_owned());
+    let shared = Arc::new(Shared {
+        identify_queue: IdentifyQueue::start(limit.max_concurrency, limit.remaining, Duration::from_millis(limit.reset_after)),
+        config,
+        total_shards,
+        local,
+        cores,
+        gateway_url,
+        client_resume_url,
+    });
+    log::info!("listening on http://{addr} (clients connect to ws://{addr}, resume at {})", shared.client_resume_url);
+    runtime::run(shared, listener)
+}

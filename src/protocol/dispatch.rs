@@ -1,0 +1,100 @@
+//! A dispatch as relayed to clients: the payload bytes as Discord sent them
+//! (or as the proxy built them) plus where its sequence number sits, so each
+//! client's own sequence can be spliced in without re-encoding.
+
+use super::scan::{self, ScanError};
+use std::ops::Range;
+
+/// One dispatch, shared by every client of a shard.
+#[derive(Debug)]
+pub struct Dispatch {
+    raw: Box<[u8]>,
+    seq: Range<usize>,
+}
+
+impl Dispatch {
+    /// Wraps an upstream payload whose `s` field is at `seq`.
+    pub fn from_parts(raw: Box<[u8]>, seq: Range<usize>) -> Self {
+        debug_assert!(seq.end <= raw.len());
+        Self { raw, seq }
+    }
+
+    /// Scans a payload for its top-level `s`.
+    pub fn parse(raw: Box<[u8]>) -> Result<Self, ScanError> {
+        let fields = scan::scan(&raw)?;
+        let seq = fields.s.ok_or(ScanError { at: 0 })?;
+        Ok(Self { raw, seq })
+    }
+
+    /// Builds a dispatch the proxy synthesised: `{"t":T,"s":0,"op":0,"d":D}`.
+    pub fn build(event: &str, d: &[u8]) -> Self {
+        let mut raw = Vec::with_capacity(event.len() + d.len() + 32);
+        raw.extend_from_slice(b"{\"t\":\"");
+        raw.extend_from_slice(event.as_bytes());
+        raw.extend_from_slice(b"\",\"s\":");
+        let start = raw.len();
+        raw.push(b'0');
+        let end = raw.len();
+        raw.extend_from_slice(b",\"op\":0,\"d\":");
+        raw.extend_from_slice(d);
+        raw.push(b'}');
+        Self { raw: raw.into_boxed_slice(), seq: start..end }
+    }
+
+    /// The bytes before the sequence number.
+    pub fn head(&self) -> &[u8] {
+        &self.raw[..self.seq.start]
+    }
+
+    /// The bytes after the sequence number.
+    pub fn tail(&self) -> &[u8] {
+        &self.raw[self.seq.end..]
+    }
+
+    /// The payload as stored (with the upstream or placeholder sequence).
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Length of the payload once `seq` is spliced in.
+    pub fn len_with_seq(&self, seq: u64) -> usize {
+        self.raw.len() - self.seq.len() + itoa::Buffer::new().format(seq).len()
+    }
+
+    /// Heap bytes this dispatch holds.
+    pub fn heap_bytes(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Appends the payload with `seq` spliced in.
+    pub fn write_with_seq(&self, seq: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head());
+        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        out.extend_from_slice(self.tail());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_client_seq() {
+        let d = Dispatch::parse(br#"{"t":"X","s":123456,"op":0,"d":{"s":1}}"#.to_vec().into()).unwrap();
+        let mut out = Vec::new();
+        d.write_with_seq(7, &mut out);
+        assert_eq!(out, br#"{"t":"X","s":7,"op":0,"d":{"s":1}}"#);
+        assert_eq!(d.len_with_seq(7), out.len());
+    }
+
+    #[test]
+    fn built_dispatch_is_valid_json() {
+        let d = Dispatch::build("GUILD_DELETE", br#"{"id":"1","unavailable":true}"#);
+        let mut out = Vec::new();
+        d.write_with_seq(99, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["s"], 99);
+        assert_eq!(v["t"], "GUILD_DELETE");
+        assert_eq!(v["d"]["unavailable"], true);
+    }
+}

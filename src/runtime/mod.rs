@@ -1,0 +1,156 @@
+//! Executors: one glommio executor per core, pinned with core_affinity, each
+//! owning a disjoint slice of the shards and the clients attached to them.
+//! Cores talk only through glommio's channel mesh, and only to hand a client
+//! connection to the core that owns its shard.
+
+use crate::{
+    config::Config,
+    downstream::{client::Handover, listener},
+    hub::ShardHub,
+    upstream::{identify_queue::IdentifyQueue, shard},
+};
+use glommio::{
+    channels::channel_mesh::{MeshBuilder, Senders},
+    LocalExecutorBuilder, Placement,
+};
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    ops::Range,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    rc::Rc,
+    sync::Arc,
+};
+
+/// io_uring buffer memory per executor: the proxy does no storage I/O, so a
+/// small registered area keeps RSS and locked memory down.
+const IO_MEMORY: usize = 256 << 10;
+/// Handovers in flight between two cores.
+const MESH_CAPACITY: usize = 256;
+
+/// What every core knows, fixed at start-up.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// Total shard count of the bot.
+    pub total_shards: u32,
+    /// Shards this process runs.
+    pub local: Range<u32>,
+    /// Number of executors.
+    pub cores: usize,
+    /// Where shards identify.
+    pub gateway_url: String,
+    /// What clients are told to resume at.
+    pub client_resume_url: String,
+    /// Identify pacing.
+    pub identify_queue: IdentifyQueue,
+}
+
+impl Shared {
+    /// The core that owns `shard` (shards are dealt round-robin).
+    pub fn core_of(&self, shard: u32) -> usize {
+        (shard - self.local.start) as usize % self.cores
+    }
+
+    /// Whether this process runs `shard`.
+    pub fn is_local(&self, shard: u32) -> bool {
+        self.local.contains(&shard)
+    }
+}
+
+/// One executor's world.
+pub struct Core {
+    /// Index of this core (0-based).
+    pub index: usize,
+    /// Process-wide settings.
+    pub shared: Arc<Shared>,
+    /// The shards this core owns.
+    pub hubs: HashMap<u32, Rc<ShardHub>>,
+    /// Channels to the other cores.
+    pub mesh: Senders<Handover>,
+    next_conn: Cell<u64>,
+}
+
+impl Core {
+    /// A connection id unique in the process.
+    pub fn next_connection_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        (n << 8) | self.index as u64
+    }
+}
+
+/// Starts one executor per core and blocks until they all end.
+pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) -> Result<(), String> {
+    let cores = shared.cores;
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    if cores > core_ids.len().max(1) {
+        log::warn!("`cores` is {cores} but the process may use {} CPUs: executors will share CPUs", core_ids.len());
+    }
+    let mesh: MeshBuilder<Handover, _> = MeshBuilder::full(cores, MESH_CAPACITY);
+    let listener_fd: Arc<OwnedFd> = Arc::new(listener.into());
+    let mut handles = Vec::with_capacity(cores);
+    for index in 0..cores {
+        let shared = shared.clone();
+        let mesh = mesh.clone();
+        let pin = core_ids.get(index % core_ids.len().max(1)).copied();
+        let fd = listener_fd.try_clone().map_err(|e| format!("cannot share the listening socket: {e}"))?;
+        let handle = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("core-{index}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                if let Some(id) = pin {
+                    if !core_affinity::set_for_current(id) {
+                        log::warn!("core {index}: could not pin to CPU {}", id.id);
+                    }
+                }
+                core_main(index, shared, mesh, fd).await;
+            })
+            .map_err(|e| format!("cannot start executor {index}: {e}"))?;
+        handles.push(handle);
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        h.join().map_err(|e| format!("executor {i} failed: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn core_main(index: usize, shared: Arc<Shared>, mesh: MeshBuilder<Handover, glommio::channels::channel_mesh::Full>, listener: OwnedFd) {
+    let (senders, mut receivers) = mesh.join().await.expect("joining the core mesh");
+    // Executors are created in core order, so mesh ids follow core indexes.
+    assert_eq!(senders.peer_id(), index, "mesh peer ids must follow core order");
+    let hubs: HashMap<u32, Rc<ShardHub>> = shared
+        .local
+        .clone()
+        .filter(|s| shared.core_of(*s) == index)
+        .map(|s| (s, ShardHub::new(s, shared.total_shards, shared.config.cache.clone())))
+        .collect();
+    log::info!("core {index}: shards {:?}", {
+        let mut ids: Vec<_> = hubs.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    });
+    let core = Rc::new(Core { index, shared: shared.clone(), hubs, mesh: senders, next_conn: Cell::new(0) });
+    for hub in core.hubs.values() {
+        glommio::spawn_local(shard::run(hub.clone(), shared.clone())).detach();
+    }
+    for (_, rx) in receivers.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(handover) = rx.recv().await {
+                glommio::spawn_local(crate::downstream::client::adopt(core.clone(), handover)).detach();
+            }
+        })
+        .detach();
+    }
+    // SAFETY: `listener` is a valid listening socket we own; glommio takes it over.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(into_raw(listener)) };
+    listener::accept_loop(core, listener).await;
+}
+
+fn into_raw(fd: OwnedFd) -> i32 {
+    use std::os::fd::IntoRawFd;
+    let raw = fd.as_raw_fd();
+    let _ = fd.into_raw_fd();
+    raw
+}

@@ -1,0 +1,10 @@
+//! The Discord side: discovery, identify pacing, connections, and one
+//! gateway state machine per shard.
+
+pub mod connection;
+pub mod discovery;
+pub mod identify_queue;
+pub mod ratelimit;
+pub mod shard;
+pub mod tls;
+pub mod url;

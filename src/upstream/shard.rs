@@ -1,0 +1,450 @@
+//! One shard's connection to Discord, as a state machine that reads like the
+//! protocol: connect, Hello, Identify or Resume, then dispatches, heartbeats
+//! and client commands until the connection ends; the close code decides
+//! whether to resume, identify again, or stop for good.
+
+use super::{
+    connection::{self, GatewaySocket},
+    ratelimit::SendLimiter,
+};
+use crate::{
+    cache::is_cache_event,
+    hub::{ShardHub, ShardStatus, UpstreamSession},
+    protocol::{
+        close_code::{CloseCode, Reconnect},
+        dispatch::Dispatch,
+        op,
+        scan,
+    },
+    runtime::Shared,
+};
+use futures_lite::{future, StreamExt};
+use glommio::channels::local_channel::LocalReceiver;
+use serde::Deserialize;
+use std::{
+    collections::VecDeque,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tungstenite::{
+    protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
+    Message,
+};
+
+/// Longest wait for Hello after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// Commands kept for Discord while it is unreachable; beyond this the oldest are dropped with a warning.
+const MAX_PENDING_COMMANDS: usize = 10_000;
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Reconnect and resume the session.
+    Resume,
+    /// Drop the session; identify again after the delay.
+    Identify(Duration),
+    /// Stop the shard: Discord closed with a fatal code.
+    Fatal(u16),
+    /// Connecting failed; try again after backoff.
+    ConnectFailed,
+}
+
+/// Capped exponential backoff with jitter.
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_millis(500).saturating_mul(1 << self.failures.min(7)).min(Duration::from_secs(60));
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Runs shard `hub.id` until a fatal close code stops it.
+pub async fn run(hub: Rc<ShardHub>, shared: Arc<Shared>) {
+    let mut commands = hub.take_commands().expect("one task per shard");
+    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut backoff = Backoff { failures: 0 };
+    loop {
+        let outcome = connect_once(&hub, &shared, &mut commands, &mut pending, &mut backoff).await;
+        log::debug!("[shard {}] connection ended: {outcome:?}", hub.id);
+        match outcome {
+            Outcome::Fatal(code) => {
+                log::error!(
+                    "[shard {}] Discord closed with fatal code {code}: the shard is stopped. Check the token, intents and shard settings.",
+                    hub.id
+                );
+                hub.set_status(ShardStatus::Failed(code));
+                return;
+            }
+            Outcome::Resume => hub.set_status(ShardStatus::Connecting),
+            Outcome::Identify(delay) => {
+                hub.set_session(None);
+                hub.set_status(ShardStatus::Connecting);
+                glommio::timer::sleep(delay).await;
+            }
+            Outcome::ConnectFailed => {
+                hub.set_status(ShardStatus::Connecting);
+                let delay = backoff.next();
+                log::warn!("[shard {}] reconnecting in {:.1}s", hub.id, delay.as_secs_f64());
+                glommio::timer::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    heartbeat_interval: u64,
+}
+
+#[derive(Deserialize)]
+struct ReadySession {
+    session_id: String,
+    resume_gateway_url: String,
+}
+
+enum Wake {
+    Message(Option<Result<Message, tungstenite::Error>>),
+    Command(Option<Vec<u8>>),
+    Timer,
+}
+
+async fn connect_once(
+    hub: &Rc<ShardHub>,
+    shared: &Shared,
+    commands: &mut LocalReceiver<Vec<u8>>,
+    pending: &mut VecDeque<Vec<u8>>,
+    backoff: &mut Backoff,
+) -> Outcome {
+    let session = hub.session();
+    let url = match &session {
+        Some(s) => {
+            hub.set_status(ShardStatus::Resuming);
+            s.resume_url.clone()
+        }
+        None => {
+            hub.set_status(ShardStatus::Identifying);
+            shared.identify_queue.wait_turn(hub.id).await;
+            shared.gateway_url.clone()
+        }
+    };
+    let mut ws = match connection::connect(&url).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            log::warn!("[shard {}] cannot connect to {url}: {e}", hub.id);
+            return Outcome::ConnectFailed;
+        }
+    };
+    let hello = future::or(wait_hello(&mut ws), async {
+        glommio::timer::sleep(HELLO_TIMEOUT).await;
+        HelloResult::Failed
+    })
+    .await;
+    let interval = match hello {
+        HelloResult::Interval(d) => d,
+        HelloResult::Closed(code) => return outcome_for_close(hub.id, code, session.is_some()),
+        HelloResult::Failed => {
+            log::warn!("[shard {}] no Hello from {url}", hub.id);
+            return Outcome::ConnectFailed;
+        }
+    };
+
+    let mut limiter = SendLimiter::default();
+    let first = match &session {
+        Some(s) => {
+            log::info!("[shard {}] resuming session at seq {}", hub.id, s.seq);
+            serde_json::json!({"op": op::RESUME, "d": {"token": shared.config.token, "session_id": s.session_id, "seq": s.seq}})
+        }
+        None => {
+            log::info!("[shard {}] identifying", hub.id);
+            identify_payload(shared, hub.id)
+        }
+    };
+    limiter.record(Instant::now());
+    if ws.send(Message::text(first.to_string())).await.is_err() {
+        return Outcome::ConnectFailed;
+    }
+
+    let mut next_heartbeat = Instant::now() + interval.mul_f64(fastrand::f64());
+    let mut acked = true;
+    let mut heartbeat_sent_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        // Send whatever the limiter allows.
+        while let Some(cmd) = pending.front() {
+            if !limiter.try_command(now) {
+                break;
+            }
+            let text = String::from_utf8_lossy(cmd).into_owned();
+            pending.pop_front();
+            if ws.send(Message::text(text)).await.is_err() {
+                return reconnect_outcome(hub, &session);
+            }
+        }
+        let mut wake_at = next_heartbeat;
+        if !pending.is_empty() {
+            if let Some(t) = limiter.next_free() {
+                wake_at = wake_at.min(t);
+            }
+        }
+        let sleep = wake_at.saturating_duration_since(now);
+        let wake = future::or(
+            async { Wake::Message(ws.next().await) },
+            future::or(async { Wake::Command(commands.recv().await) }, async {
+                glommio::timer::sleep(sleep).await;
+                Wake::Timer
+            }),
+        )
+        .await;
+        match wake {
+            Wake::Command(Some(cmd)) => {
+                if pending.len() >= MAX_PENDING_COMMANDS {
+                    log::warn!("[shard {}] command queue full; dropping the oldest command", hub.id);
+                    pending.pop_front();
+                }
+                pending.push_back(cmd);
+            }
+            Wake::Command(None) => {}
+            Wake::Timer => {
+                if Instant::now() >= next_heartbeat {
+                    if !acked {
+                        log::warn!("[shard {}] no heartbeat ACK: zombied connection, reconnecting", hub.id);
+                        close_for_resume(&mut ws).await;
+                        return Outcome::Resume;
+                    }
+                    if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
+                        return reconnect_outcome(hub, &session);
+                    }
+                    acked = false;
+                    heartbeat_sent_at = Some(Instant::now());
+                    next_heartbeat = Instant::now() + interval;
+                }
+            }
+            Wake::Message(Some(Ok(Message::Text(text)))) => {
+                match handle_payload(hub, text.as_bytes(), backoff) {
+                    Step::Continue => {}
+                    Step::HeartbeatNow => {
+                        if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
+                            return reconnect_outcome(hub, &session);
+                        }
+                    }
+                    Step::Ack => {
+                        acked = true;
+                        if let Some(t) = heartbeat_sent_at.take() {
+                            log::trace!("[shard {}] gateway latency {:?}", hub.id, t.elapsed());
+                        }
+                    }
+                    Step::End(outcome) => {
+                        close_for_resume(&mut ws).await;
+                        return outcome;
+                    }
+                }
+            }
+            Wake::Message(Some(Ok(Message::Close(frame)))) => {
+                let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                log::warn!("[shard {}] Discord closed the connection with code {code}", hub.id);
+                return outcome_for_close(hub.id, code, hub.session().is_some());
+            }
+            Wake::Message(Some(Ok(Message::Binary(_)))) => {
+                log::warn!("[shard {}] unexpected binary frame from Discord ignored", hub.id);
+            }
+            Wake::Message(Some(Ok(_))) => {}
+            Wake::Message(Some(Err(e))) => {
+                log::warn!("[shard {}] connection error: {e}", hub.id);
+                return reconnect_outcome(hub, &session);
+            }
+            Wake::Message(None) => {
+                log::warn!("[shard {}] connection closed without a close frame", hub.id);
+                return reconnect_outcome(hub, &session);
+            }
+        }
+    }
+}
+
+enum HelloResult {
+    Interval(Duration),
+    Closed(u16),
+    Failed,
+}
+
+async fn wait_hello(ws: &mut GatewaySocket) -> HelloResult {
+    #[derive(Deserialize)]
+    struct Payload {
+        op: u8,
+        d: Option<Hello>,
+    }
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str::<Payload>(&text) {
+                Ok(Payload { op: op::HELLO, d: Some(hello) }) => {
+                    return HelloResult::Interval(Duration::from_millis(hello.heartbeat_interval.max(100)))
+                }
+                Ok(_) => {}
+                Err(_) => return HelloResult::Failed,
+            },
+            Some(Ok(Message::Close(frame))) => return HelloResult::Closed(frame.map_or(1005, |f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            _ => return HelloResult::Failed,
+        }
+    }
+}
+
+fn reconnect_outcome(hub: &ShardHub, _session: &Option<UpstreamSession>) -> Outcome {
+    if hub.session().is_some() {
+        Outcome::Resume
+    } else {
+        Outcome::ConnectFailed
+    }
+}
+
+fn outcome_for_close(shard: u32, code: u16, has_session: bool) -> Outcome {
+    match CloseCode::reconnect_for(code) {
+        Reconnect::Fatal => Outcome::Fatal(code),
+        Reconnect::Identify => {
+            log::info!("[shard {shard}] session ended by close code {code}; identifying again");
+            Outcome::Identify(Duration::from_millis(0))
+        }
+        Reconnect::Resume if has_session => Outcome::Resume,
+        Reconnect::Resume => Outcome::ConnectFailed,
+    }
+}
+
+enum Step {
+    Continue,
+    HeartbeatNow,
+    Ack,
+    End(Outcome),
+}
+
+/// Handles one payload from Discord. This is the relay's hot path: for
+/// events the cache does not need, only the top level is scanned.
+fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Step {
+    let fields = match scan::scan(text) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("[shard {}] undecodable payload from Discord ({e}); ignored", hub.id);
+            return Step::Continue;
+        }
+    };
+    match fields.op {
+        Some(op::DISPATCH) => {
+            if let Some(seq) = fields.seq(text) {
+                hub.set_seq(seq);
+            }
+            let Some(t) = fields.event_name(text) else { return Step::Continue };
+            let d = fields.d.clone().map(|r| &text[r]).unwrap_or(b"null");
+            let d = std::str::from_utf8(d).unwrap_or("null");
+            match t {
+                b"READY" => {
+                    if let Ok(ready) = serde_json::from_str::<ReadySession>(d) {
+                        hub.set_session(Some(UpstreamSession {
+                            session_id: ready.session_id,
+                            seq: fields.seq(text).unwrap_or(0),
+                            resume_url: ready.resume_gateway_url,
+                        }));
+                    }
+                    let gone = hub.cache.borrow_mut().apply(t, d);
+                    for id in gone {
+                        let body = format!("{{\"id\":\"{id}\"}}");
+                        hub.publish(Rc::new(Dispatch::build("GUILD_DELETE", body.as_bytes())));
+                    }
+                    hub.on_upstream_ready();
+                    hub.set_status(ShardStatus::Ready);
+                    backoff.reset();
+                    log::info!("[shard {}] READY with {} guilds", hub.id, hub.cache.borrow().guild_count());
+                }
+                b"RESUMED" => {
+                    hub.set_status(ShardStatus::Ready);
+                    backoff.reset();
+                    log::info!("[shard {}] RESUMED", hub.id);
+                }
+                _ => {
+                    if is_cache_event(t) {
+                        hub.cache.borrow_mut().apply(t, d);
+                    }
+                    if let Some(s) = fields.s {
+                        hub.publish(Rc::new(Dispatch::from_parts(text.into(), s)));
+                    }
+                }
+            }
+            Step::Continue
+        }
+        Some(op::HEARTBEAT) => Step::HeartbeatNow,
+        Some(op::HEARTBEAT_ACK) => Step::Ack,
+        Some(op::RECONNECT) => {
+            log::info!("[shard {}] Discord asked to reconnect", hub.id);
+            Step::End(Outcome::Resume)
+        }
+        Some(op::INVALID_SESSION) => {
+            let resumable = fields.d.map(|r| &text[r]) == Some(b"true");
+            if resumable && hub.session().is_some() {
+                log::info!("[shard {}] invalid session (resumable)", hub.id);
+                Step::End(Outcome::Resume)
+            } else {
+                let delay = Duration::from_millis(1000 + fastrand::u64(0..4000));
+                log::info!("[shard {}] invalid session; identifying again in {:.1}s", hub.id, delay.as_secs_f64());
+                hub.set_session(None);
+                Step::End(Outcome::Identify(delay))
+            }
+        }
+        _ => Step::Continue,
+    }
+}
+
+async fn send_heartbeat(hub: &ShardHub, ws: &mut GatewaySocket, limiter: &mut SendLimiter) -> Result<(), ()> {
+    let seq = hub.session().map(|s| s.seq);
+    let payload = match seq {
+        Some(s) => format!("{{\"op\":1,\"d\":{s}}}"),
+        None => "{\"op\":1,\"d\":null}".to_owned(),
+    };
+    limiter.record(Instant::now());
+    ws.send(Message::text(payload)).await.map_err(|_| ())
+}
+
+/// Closes with a non-1000 code so Discord keeps the session resumable.
+async fn close_for_resume(ws: &mut GatewaySocket) {
+    let frame = CloseFrame { code: WsCloseCode::Library(4000), reason: "reconnecting".into() };
+    let _ = glommio::timer::timeout(Duration::from_secs(2), async {
+        let _ = ws.close(Some(frame)).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// The Identify payload for `shard`, with the configured presence.
+pub fn identify_payload(shared: &Shared, shard: u32) -> serde_json::Value {
+    let config = &shared.config;
+    let mut d = serde_json::json!({
+        "token": config.token,
+        "properties": {"os": std::env::consts::OS, "browser": "gateway-proxy", "device": "gateway-proxy"},
+        "intents": config.intents,
+        "shard": [shard, shared.total_shards],
+        "large_threshold": 250,
+        "compress": false,
+    });
+    if config.activity.is_some() || config.status != "online" {
+        let activities: Vec<serde_json::Value> = config
+            .activity
+            .iter()
+            .map(|a| {
+                let mut v = serde_json::json!({"name": a.name.replace("{{shard}}", &shard.to_string()), "type": a.kind});
+                if let Some(url) = &a.url {
+                    v["url"] = url.clone().into();
+                }
+                if let Some(state) = &a.state {
+                    v["state"] = state.replace("{{shard}}", &shard.to_string()).into();
+                }
+                v
+            })
+            .collect();
+        d["presence"] = serde_json::json!({"since": null, "activities": activities, "status": config.status, "afk": false});
+    }
+    serde_json::json!({"op": op::IDENTIFY, "d": d})
+}
