@@ -1,0 +1,293 @@
+//! Test harness: a fake Discord in-process, the real proxy binary as a child
+//! process configured against it, and a raw websocket client for protocol points.
+#![allow(dead_code)]
+
+use fake_discord::{FakeConfig, FakeDiscord};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+/// How long any single expectation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running proxy process.
+pub struct Proxy {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    /// Everything the proxy logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts the proxy against `fake`, with `overrides` merged into the config.
+    pub async fn start(fake: &FakeDiscord, overrides: Value) -> Proxy {
+        let mut config = json!({
+            "log_level": "info,gateway_proxy=debug",
+            "token": fake.token(),
+            "intents": 513,
+            "host": "127.0.0.1",
+            "port": 0,
+            "api_url": fake.api_url(),
+            "cores": 1,
+            "identify_timeout_secs": 10,
+        });
+        for (k, v) in overrides.as_object().expect("overrides are an object") {
+            config[k] = v.clone();
+        }
+        let dir = std::env::temp_dir().join(format!("gateway-proxy-test-{}-{}", std::process::id(), fastrand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("TOKEN")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the proxy binary");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                }
+                if std::env::var_os("PROXY_LOG").is_some() {
+                    eprintln!("proxy: {line}");
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(WAIT))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("proxy did not start; log: {:?}", log.lock().unwrap()));
+        Proxy { child, addr, log }
+    }
+
+    /// `ws://ADDR`
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Whether the proxy process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// The log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    h.finish()
+}
+
+/// A fake Discord with `shards` shards and `guilds` guilds.
+pub async fn fake(shards: u32, guilds: u32) -> FakeDiscord {
+    FakeDiscord::start(FakeConfig { shards, guilds, max_concurrency: shards.max(1), ..FakeConfig::default() }).await.expect("fake discord starts")
+}
+
+/// Waits until every shard in `shards` is connected to the fake.
+pub async fn wait_connected(fake: &FakeDiscord, shards: std::ops::Range<u32>) {
+    let ok = fake.wait_until(WAIT, move |f| shards.clone().all(|s| f.connected(s))).await;
+    assert!(ok, "shards did not connect to the fake Discord");
+}
+
+/// A raw websocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    inflater: Option<flate2::Decompress>,
+    /// Raw frames received, for compression checks.
+    pub binary_frames: Vec<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+/// What a raw client observed.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// A JSON payload.
+    Payload(Value),
+    /// A close frame with its code and reason.
+    Closed(u16, String),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+impl Client {
+    /// Connects to `url` + `query` (e.g. `/?v=10&encoding=json`).
+    pub async fn connect(url: &str, query: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{url}{query}")).await.expect("websocket connects");
+        let inflater = query.contains("zlib-stream").then(|| flate2::Decompress::new(true));
+        Client { ws, inflater, binary_frames: Vec::new(), pending: Vec::new() }
+    }
+
+    /// Sends a JSON payload.
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::text(t.to_owned())).await.expect("send");
+    }
+
+    /// Next payload, close, or end, within WAIT.
+    pub async fn recv(&mut self) -> Received {
+        self.recv_within(WAIT).await.expect("nothing received in time")
+    }
+
+    /// Next payload, close or end within `d`, or None on timeout.
+    pub async fn recv_within(&mut self, d: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(Received::Ended),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => return Some(Received::Payload(serde_json::from_str(&t).expect("valid JSON"))),
+                Message::Binary(b) => {
+                    self.binary_frames.push(b.to_vec());
+                    self.pending.extend_from_slice(&b);
+                    if !self.pending.ends_with(&[0, 0, 0xff, 0xff]) {
+                        continue;
+                    }
+                    let inflater = self.inflater.as_mut().expect("binary frame without zlib-stream");
+                    let input = std::mem::take(&mut self.pending);
+                    let mut out = Vec::with_capacity(input.len() * 8 + 1024);
+                    let mut pos = 0;
+                    loop {
+                        let before = inflater.total_in();
+                        inflater.decompress_vec(&input[pos..], &mut out, flate2::FlushDecompress::Sync).expect("inflate");
+                        pos += (inflater.total_in() - before) as usize;
+                        if pos >= input.len() && out.len() < out.capacity() {
+                            break;
+                        }
+                        out.reserve(out.capacity().max(1024));
+                    }
+                    return Some(Received::Payload(serde_json::from_slice(&out).expect("inflated JSON")));
+                }
+                Message::Close(f) => {
+                    return Some(match f {
+                        Some(f) => Received::Closed(u16::from(f.code), f.reason.to_string()),
+                        None => Received::Closed(1005, String::new()),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Next payload, panicking on anything else.
+    pub async fn payload(&mut self) -> Value {
+        match self.recv().await {
+            Received::Payload(v) => v,
+            other => panic!("expected a payload, got {other:?}"),
+        }
+    }
+
+    /// Next dispatch, skipping heartbeat ACKs.
+    pub async fn dispatch(&mut self) -> Value {
+        loop {
+            let v = self.payload().await;
+            if v["op"] == 0 {
+                return v;
+            }
+        }
+    }
+
+    /// Expects the connection to be closed with `code`.
+    pub async fn expect_close(&mut self, code: u16) -> String {
+        loop {
+            match self.recv().await {
+                Received::Closed(c, reason) => {
+                    assert_eq!(c, code, "close reason: {reason}");
+                    return reason;
+                }
+                Received::Payload(v) if v["op"] == 10 || v["op"] == 11 || v["op"] == 0 => continue,
+                other => panic!("expected close {code}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads Hello and sends Identify for `shard` of `total` with `token`.
+    pub async fn identify(&mut self, token: &str, shard: u32, total: u32) {
+        let hello = self.payload().await;
+        assert_eq!(hello["op"], 10, "{hello}");
+        self.send(json!({"op": 2, "d": {"token": token, "intents": 513, "shard": [shard, total],
+            "properties": {"os": "linux", "browser": "test", "device": "test"}}}))
+        .await;
+    }
+
+    /// Identifies and reads READY plus the GUILD_CREATE/GUILD_DELETE burst
+    /// for `guilds` guilds; returns READY.
+    pub async fn identify_and_load(&mut self, token: &str, shard: u32, total: u32) -> Value {
+        self.identify(token, shard, total).await;
+        let ready = self.dispatch().await;
+        assert_eq!(ready["t"], "READY", "{ready}");
+        let expected = ready["d"]["guilds"].as_array().unwrap().len();
+        for _ in 0..expected {
+            let g = self.dispatch().await;
+            assert!(g["t"] == "GUILD_CREATE" || g["t"] == "GUILD_DELETE", "{g}");
+        }
+        ready
+    }
+}
+
+/// A MESSAGE_CREATE `d` that twilight-model accepts.
+pub fn message(guild_id: u64, channel_id: u64, n: u64, content: &str) -> Value {
+    json!({
+        "id": (1_100_000_000_000u64 << 22 | n).to_string(),
+        "channel_id": channel_id.to_string(),
+        "guild_id": guild_id.to_string(),
+        "author": {"id": "80351110224678912", "username": "someone", "discriminator": "0", "global_name": "Someone", "avatar": null},
+        "member": {"roles": [], "joined_at": "2021-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0},
+        "content": content,
+        "timestamp": "2026-11-29T00:00:00.000000+00:00",
+        "edited_timestamp": null,
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": false,
+        "type": 0,
+        "flags": 0,
+        "components": []
+    })
+}
