@@ -217,10 +217,8 @@ impl Config {
     /// Parses and validates config text; `env_token` overrides the file's token.
     pub fn from_json(text: &str, env_token: Option<String>) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
-            key: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| ConfigError::Parse { key: e.path().to_string(), message: e.inner().to_string() })?;
         let token = env_token
             .filter(|t| !t.trim().is_empty())
             .or(raw.token)

@@ -49,11 +49,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let path = config_path()?;
     let config = Config::load(&path).map_err(|e| e.to_string())?;
-    env_logger::Builder::new()
-        .parse_filters(&config.log_level)
-        .parse_env("RUST_LOG")
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::new().parse_filters(&config.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
     for key in &config.unknown_keys {
         log::warn!("config key `{key}` is not used by this version; ignored");
     }
@@ -74,18 +70,28 @@ fn run() -> Result<(), String> {
         limit.max_concurrency
     );
     if (limit.remaining as usize) < local.len() {
-        log::warn!("only {} identifies left for {} shards: some shards wait for the daily reset", limit.remaining, local.len());
+        log::warn!(
+            "only {} identifies left for {} shards: some shards wait for the daily reset",
+            limit.remaining,
+            local.len()
+        );
     }
     let listener = std::net::TcpListener::bind((config.host, config.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let client_resume_url = config
-        .externally_accessible_url
-        .clone()
-        .unwrap_or_else(|| format!("ws://{}", if config.host.is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }));
+    let client_resume_url = config.externally_accessible_url.clone().unwrap_or_else(|| {
+        format!(
+            "ws://{}",
+            if config.host.is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
+        )
+    });
     let gateway_url = config.gateway_url.clone().unwrap_or(gateway.url.trim_end_matches('/').to_owned());
     let shared = Arc::new(Shared {
-        identify_queue: IdentifyQueue::start(limit.max_concurrency, limit.remaining, Duration::from_millis(limit.reset_after)),
+        identify_queue: IdentifyQueue::start(
+            limit.max_concurrency,
+            limit.remaining,
+            Duration::from_millis(limit.reset_after),
+        ),
         config,
         total_shards,
         local,

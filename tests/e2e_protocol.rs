@@ -10,7 +10,7 @@ use std::time::Duration;
 async fn setup(shards: u32, guilds: u32, overrides: Value) -> (fake_discord::FakeDiscord, Proxy) {
     let fake = fake(shards, guilds).await;
     let proxy = Proxy::start(&fake, overrides).await;
-    wait_connected(&fake, 0..shards).await;
+    wait_connected(&fake, &proxy, 0..shards).await;
     (fake, proxy)
 }
 
@@ -27,7 +27,8 @@ async fn ready_lists_exactly_the_shards_guilds_and_guild_creates_have_every_arra
     assert_eq!(ready["t"], "READY");
     assert_eq!(ready["s"], 1);
     let d = &ready["d"];
-    let mut listed: Vec<u64> = d["guilds"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap().parse().unwrap()).collect();
+    let mut listed: Vec<u64> =
+        d["guilds"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap().parse().unwrap()).collect();
     listed.sort_unstable();
     let mut expected = fake.guild_ids_for_shard(0, 2);
     expected.sort_unstable();
@@ -43,7 +44,19 @@ async fn ready_lists_exactly_the_shards_guilds_and_guild_creates_have_every_arra
         let g = c.dispatch().await;
         assert_eq!(g["t"], "GUILD_CREATE");
         assert_eq!(g["s"], 2 + i as u64, "sequence is +1 from READY on");
-        for key in ["roles", "emojis", "stickers", "channels", "threads", "members", "presences", "voice_states", "stage_instances", "guild_scheduled_events", "soundboard_sounds"] {
+        for key in [
+            "roles",
+            "emojis",
+            "stickers",
+            "channels",
+            "threads",
+            "members",
+            "presences",
+            "voice_states",
+            "stage_instances",
+            "guild_scheduled_events",
+            "soundboard_sounds",
+        ] {
             assert!(g["d"][key].is_array(), "GUILD_CREATE lacks `{key}`");
         }
         assert_eq!(g["d"]["unavailable"], false);
@@ -177,7 +190,10 @@ async fn upstream_drop_is_resumed_and_clients_miss_nothing() {
         assert_eq!(ev["s"], expected_seq);
         assert_eq!(ev["d"]["content"], format!("m{i}"), "events in order, none missing or doubled");
     }
-    assert!(c.recv_within(Duration::from_millis(300)).await.map_or(true, |r| !matches!(r, Received::Payload(ref v) if v["op"] == 0)));
+    assert!(c
+        .recv_within(Duration::from_millis(300))
+        .await
+        .is_none_or(|r| !matches!(r, Received::Payload(ref v) if v["op"] == 0)));
     assert_eq!(fake.identify_count(), identifies, "a resume, not an Identify");
 }
 
@@ -187,21 +203,33 @@ async fn reconnect_and_invalid_session_are_handled_like_discord_asks() {
     let identifies = fake.identify_count();
     // op 7: resume on a new connection.
     assert!(fake.send_reconnect(0));
-    assert!(fake.wait_until(WAIT, |f| f.resume_count_for(0) == 1 && f.connected(0)).await, "op 7 did not lead to a resume");
+    assert!(
+        fake.wait_until(WAIT, |f| f.resume_count_for(0) == 1 && f.connected(0)).await,
+        "op 7 did not lead to a resume"
+    );
     // op 9 d:true: resume.
     assert!(fake.send_invalid_session(0, true));
-    assert!(fake.wait_until(WAIT, |f| f.resume_count_for(0) == 2 && f.connected(0)).await, "op 9 true did not lead to a resume");
+    assert!(
+        fake.wait_until(WAIT, |f| f.resume_count_for(0) == 2 && f.connected(0)).await,
+        "op 9 true did not lead to a resume"
+    );
     assert_eq!(fake.identify_count(), identifies);
     // op 9 d:false: identify again (after 1-5 s).
     assert!(fake.send_invalid_session(0, false));
-    assert!(fake.wait_until(WAIT, |f| f.identify_count() == identifies + 1 && f.connected(0)).await, "op 9 false did not re-identify");
+    assert!(
+        fake.wait_until(WAIT, |f| f.identify_count() == identifies + 1 && f.connected(0)).await,
+        "op 9 false did not re-identify"
+    );
     assert_eq!(fake.resume_count_for(0), 2);
     // A resumable close code: resume.
     assert!(fake.close_connection(0, 4000));
     assert!(fake.wait_until(WAIT, |f| f.resume_count_for(0) == 3 && f.connected(0)).await, "close 4000 did not resume");
     // 4009 session timed out: identify again.
     assert!(fake.close_connection(0, 4009));
-    assert!(fake.wait_until(WAIT, |f| f.identify_count() == identifies + 2 && f.connected(0)).await, "close 4009 did not re-identify");
+    assert!(
+        fake.wait_until(WAIT, |f| f.identify_count() == identifies + 2 && f.connected(0)).await,
+        "close 4009 did not re-identify"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

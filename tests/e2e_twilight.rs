@@ -23,7 +23,8 @@ async fn next_event(shard: &mut Shard) -> Event {
 }
 
 fn shard_through(proxy: &Proxy, token: &str, id: u32, total: u32) -> Shard {
-    let config = ConfigBuilder::new(token.to_owned(), Intents::GUILDS | Intents::GUILD_MESSAGES).proxy_url(proxy.url()).build();
+    let config =
+        ConfigBuilder::new(token.to_owned(), Intents::GUILDS | Intents::GUILD_MESSAGES).proxy_url(proxy.url()).build();
     Shard::with_config(ShardId::new(id, total), config)
 }
 
@@ -60,7 +61,7 @@ async fn load(shard: &mut Shard, expected: &BTreeSet<u64>) -> String {
 async fn twilight_shard_runs_and_restarts_through_the_proxy_without_identifying_upstream() {
     let fake = fake(2, 12).await;
     let proxy = Proxy::start(&fake, json!({})).await;
-    wait_connected(&fake, 0..2).await;
+    wait_connected(&fake, &proxy, 0..2).await;
     let identifies = fake.identify_count();
     assert_eq!(identifies, 2);
 
@@ -98,13 +99,14 @@ async fn twilight_shard_runs_and_restarts_through_the_proxy_without_identifying_
 async fn twilight_shards_on_both_cores_are_served_by_their_owner() {
     let fake = fake(4, 16).await;
     let proxy = Proxy::start(&fake, json!({"cores": 2})).await;
-    wait_connected(&fake, 0..4).await;
+    wait_connected(&fake, &proxy, 0..4).await;
     for id in 0..4 {
         let expected: BTreeSet<u64> = fake.guild_ids_for_shard(id, 4).into_iter().collect();
         let mut shard = shard_through(&proxy, fake.token(), id, 4);
         load(&mut shard, &expected).await;
         let guild = *expected.iter().next().unwrap();
-        fake.inject(id, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), 1, &format!("shard {id}"))).unwrap();
+        fake.inject(id, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), 1, &format!("shard {id}")))
+            .unwrap();
         match next_event(&mut shard).await {
             Event::MessageCreate(m) => assert_eq!(m.content, format!("shard {id}")),
             other => panic!("expected MESSAGE_CREATE, got {:?}", other.kind()),

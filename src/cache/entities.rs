@@ -88,7 +88,8 @@ impl Entities {
 
     /// Heap bytes held (JSON text plus map slots).
     pub fn heap_bytes(&self) -> usize {
-        self.map.capacity() * (8 + std::mem::size_of::<Box<str>>() + 1) + self.map.values().map(|s| s.len()).sum::<usize>()
+        self.map.capacity() * (8 + std::mem::size_of::<Box<str>>() + 1)
+            + self.map.values().map(|s| s.len()).sum::<usize>()
     }
 
     /// Appends `[e1,e2,...]` to `out`.

@@ -227,7 +227,17 @@ mod tests {
         assert_eq!(v["member_count"], 2);
         assert_eq!(v["unavailable"], false);
         assert_eq!(v["roles"][0]["name"], "@everyone");
-        for k in ["emojis", "stickers", "channels", "threads", "presences", "voice_states", "stage_instances", "guild_scheduled_events", "soundboard_sounds"] {
+        for k in [
+            "emojis",
+            "stickers",
+            "channels",
+            "threads",
+            "presences",
+            "voice_states",
+            "stage_instances",
+            "guild_scheduled_events",
+            "soundboard_sounds",
+        ] {
             assert_eq!(v[k], serde_json::json!([]), "{k}");
         }
     }

@@ -438,7 +438,10 @@ impl ShardCache {
                     }
                 }
             }
-            b"GUILD_EMOJIS_UPDATE" | b"GUILD_STICKERS_UPDATE" | b"GUILD_SOUNDBOARD_SOUNDS_UPDATE" | b"SOUNDBOARD_SOUNDS" => {
+            b"GUILD_EMOJIS_UPDATE"
+            | b"GUILD_STICKERS_UPDATE"
+            | b"GUILD_SOUNDBOARD_SOUNDS_UPDATE"
+            | b"SOUNDBOARD_SOUNDS" => {
                 let ev: ListUpdate = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&ev.guild_id)?;
                 if let (Some(list), true) = (ev.emojis, flags.emojis) {
@@ -505,7 +508,10 @@ mod tests {
 
     fn ready(guilds: &[u64]) -> String {
         let list: Vec<String> = guilds.iter().map(|g| format!(r#"{{"id":"{g}","unavailable":true}}"#)).collect();
-        format!(r#"{{"v":10,"user":{{"id":"99","username":"bot"}},"application":{{"id":"5","flags":0}},"guilds":[{}],"session_id":"s"}}"#, list.join(","))
+        format!(
+            r#"{{"v":10,"user":{{"id":"99","username":"bot"}},"application":{{"id":"5","flags":0}},"guilds":[{}],"session_id":"s"}}"#,
+            list.join(",")
+        )
     }
 
     #[test]

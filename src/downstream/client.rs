@@ -80,7 +80,8 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, lef
         return;
     };
     if identify.compress && !transport_compressed {
-        frames = FrameWriter::new(Encoding::ZlibMessage(Box::new(flate2::Compress::new(flate2::Compression::fast(), true))));
+        frames =
+            FrameWriter::new(Encoding::ZlibMessage(Box::new(flate2::Compress::new(flate2::Compression::fast(), true))));
     }
     let owner = core.shared.core_of(identify.shard);
     // Keep the socket alive past `stream`'s drop: the duplicate descriptor travels on.

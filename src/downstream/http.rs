@@ -157,7 +157,10 @@ mod tests {
 
     #[test]
     fn query_rules() {
-        assert_eq!(parse_query("v=10&encoding=json&compress=zlib-stream").unwrap().compress.as_deref(), Some("zlib-stream"));
+        assert_eq!(
+            parse_query("v=10&encoding=json&compress=zlib-stream").unwrap().compress.as_deref(),
+            Some("zlib-stream")
+        );
         assert_eq!(parse_query("").unwrap().version, 10);
         assert_eq!(parse_query("encoding=etf").unwrap_err().code, 4002);
         assert_eq!(parse_query("v=3").unwrap_err().code, 4012);

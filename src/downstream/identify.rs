@@ -110,7 +110,10 @@ fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
     if id >= shared.total_shards || !shared.is_local(id) {
         return close(
             4010,
-            format!("invalid shard: shard {id} is not served here (local shards {}..{})", shared.local.start, shared.local.end),
+            format!(
+                "invalid shard: shard {id} is not served here (local shards {}..{})",
+                shared.local.start, shared.local.end
+            ),
         );
     }
     Action::Identify(ValidIdentify { shard: id, compress: data.compress.unwrap_or(false) })

@@ -19,7 +19,7 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// The next sequence number.
-    pub fn next(&mut self) -> u64 {
+    pub fn advance(&mut self) -> u64 {
         self.last += 1;
         self.last
     }
@@ -31,7 +31,7 @@ impl Sequencer {
 }
 
 fn encode_dispatch(d: &Dispatch, seq: &mut Sequencer, frames: &mut FrameWriter, out: &mut Vec<u8>) {
-    let n = seq.next();
+    let n = seq.advance();
     let mut digits = itoa::Buffer::new();
     frames.message(&[d.head(), digits.format(n).as_bytes(), d.tail()], out);
 }

@@ -92,11 +92,7 @@ pub fn scan(p: &[u8]) -> Result<Fields, ScanError> {
         match key {
             b"op" => fields.op = parse_u64(&p[value_start..value_end]).and_then(|v| u8::try_from(v).ok()),
             b"s" => fields.s = Some(value_start..value_end),
-            b"t" => {
-                if p[value_start] == b'"' {
-                    fields.t = Some(value_start + 1..value_end - 1);
-                }
-            }
+            b"t" if p[value_start] == b'"' => fields.t = Some(value_start + 1..value_end - 1),
             b"d" => fields.d = Some(value_start..value_end),
             _ => {}
         }
@@ -212,7 +208,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_payloads() {
-        for bad in [&b""[..], b"[]", b"{", b"{\"op\":1", b"{\"op\" 1}", b"{\"a\":\"x}", b"{\"op\":1}x", b"{\"d\":{\"a\":[}"] {
+        for bad in
+            [&b""[..], b"[]", b"{", b"{\"op\":1", b"{\"op\" 1}", b"{\"a\":\"x}", b"{\"op\":1}x", b"{\"d\":{\"a\":[}"]
+        {
             assert!(scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

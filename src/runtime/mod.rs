@@ -115,7 +115,12 @@ pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) -> Result<(), S
     Ok(())
 }
 
-async fn core_main(index: usize, shared: Arc<Shared>, mesh: MeshBuilder<Handover, glommio::channels::channel_mesh::Full>, listener: OwnedFd) {
+async fn core_main(
+    index: usize,
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<Handover, glommio::channels::channel_mesh::Full>,
+    listener: OwnedFd,
+) {
     let (senders, mut receivers) = mesh.join().await.expect("joining the core mesh");
     // Executors are created in core order, so mesh ids follow core indexes.
     assert_eq!(senders.peer_id(), index, "mesh peer ids must follow core order");

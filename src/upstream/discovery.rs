@@ -76,10 +76,9 @@ pub fn fetch_gateway_bot(api_url: &str, token: &str) -> Result<GatewayBot, Disco
         endpoint.path,
         endpoint.host_header()
     );
-    let addr = (endpoint.host.as_str(), endpoint.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} does not resolve", endpoint.host)))?;
+    let addr = (endpoint.host.as_str(), endpoint.port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} does not resolve", endpoint.host))
+    })?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut response = Vec::new();
@@ -122,7 +121,8 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), DiscoveryError> {
     };
     let status = resp.code.unwrap_or(0);
     let chunked = resp.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding") && String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("chunked")
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("chunked")
     });
     let mut body = raw[head_len..].to_vec();
     if chunked {

@@ -13,8 +13,7 @@ use crate::{
     protocol::{
         close_code::{CloseCode, Reconnect},
         dispatch::Dispatch,
-        op,
-        scan,
+        op, scan,
     },
     runtime::Shared,
 };
@@ -227,26 +226,24 @@ async fn connect_once(
                     next_heartbeat = Instant::now() + interval;
                 }
             }
-            Wake::Message(Some(Ok(Message::Text(text)))) => {
-                match handle_payload(hub, text.as_bytes(), backoff) {
-                    Step::Continue => {}
-                    Step::HeartbeatNow => {
-                        if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
-                            return reconnect_outcome(hub, &session);
-                        }
-                    }
-                    Step::Ack => {
-                        acked = true;
-                        if let Some(t) = heartbeat_sent_at.take() {
-                            log::trace!("[shard {}] gateway latency {:?}", hub.id, t.elapsed());
-                        }
-                    }
-                    Step::End(outcome) => {
-                        close_for_resume(&mut ws).await;
-                        return outcome;
+            Wake::Message(Some(Ok(Message::Text(text)))) => match handle_payload(hub, text.as_bytes(), backoff) {
+                Step::Continue => {}
+                Step::HeartbeatNow => {
+                    if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
+                        return reconnect_outcome(hub, &session);
                     }
                 }
-            }
+                Step::Ack => {
+                    acked = true;
+                    if let Some(t) = heartbeat_sent_at.take() {
+                        log::trace!("[shard {}] gateway latency {:?}", hub.id, t.elapsed());
+                    }
+                }
+                Step::End(outcome) => {
+                    close_for_resume(&mut ws).await;
+                    return outcome;
+                }
+            },
             Wake::Message(Some(Ok(Message::Close(frame)))) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                 log::warn!("[shard {}] Discord closed the connection with code {code}", hub.id);
@@ -434,7 +431,8 @@ pub fn identify_payload(shared: &Shared, shard: u32) -> serde_json::Value {
             .activity
             .iter()
             .map(|a| {
-                let mut v = serde_json::json!({"name": a.name.replace("{{shard}}", &shard.to_string()), "type": a.kind});
+                let mut v =
+                    serde_json::json!({"name": a.name.replace("{{shard}}", &shard.to_string()), "type": a.kind});
                 if let Some(url) = &a.url {
                     v["url"] = url.clone().into();
                 }
@@ -444,7 +442,8 @@ pub fn identify_payload(shared: &Shared, shard: u32) -> serde_json::Value {
                 v
             })
             .collect();
-        d["presence"] = serde_json::json!({"since": null, "activities": activities, "status": config.status, "afk": false});
+        d["presence"] =
+            serde_json::json!({"since": null, "activities": activities, "status": config.status, "afk": false});
     }
     serde_json::json!({"op": op::IDENTIFY, "d": d})
 }

@@ -40,7 +40,13 @@ impl Endpoint {
         };
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split);
-        let path = if path.starts_with('?') { format!("/{path}") } else if path.is_empty() { "/".to_owned() } else { path.to_owned() };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(err)?;
             let port = match after.strip_prefix(':') {
@@ -92,7 +98,10 @@ mod tests {
         let e = Endpoint::parse("wss://gateway.discord.gg").unwrap();
         assert_eq!((e.tls, e.host.as_str(), e.port, e.path.as_str()), (true, "gateway.discord.gg", 443, "/"));
         let e = Endpoint::parse("http://127.0.0.1:8800/api/v10").unwrap();
-        assert_eq!((e.tls, e.port, e.path.as_str(), e.host_header().as_str()), (false, 8800, "/api/v10", "127.0.0.1:8800"));
+        assert_eq!(
+            (e.tls, e.port, e.path.as_str(), e.host_header().as_str()),
+            (false, 8800, "/api/v10", "127.0.0.1:8800")
+        );
         let e = Endpoint::parse("ws://[::1]:9/?a=b").unwrap().with_query("v=10");
         assert_eq!((e.host.as_str(), e.path.as_str(), e.host_header().as_str()), ("::1", "/?a=b&v=10", "[::1]:9"));
         assert!(Endpoint::parse("ftp://x").is_err());

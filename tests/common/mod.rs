@@ -117,13 +117,21 @@ fn fastrand_u64() -> u64 {
 
 /// A fake Discord with `shards` shards and `guilds` guilds.
 pub async fn fake(shards: u32, guilds: u32) -> FakeDiscord {
-    FakeDiscord::start(FakeConfig { shards, guilds, max_concurrency: shards.max(1), ..FakeConfig::default() }).await.expect("fake discord starts")
+    FakeDiscord::start(FakeConfig { shards, guilds, max_concurrency: shards.max(1), ..FakeConfig::default() })
+        .await
+        .expect("fake discord starts")
 }
 
 /// Waits until every shard in `shards` is connected to the fake.
-pub async fn wait_connected(fake: &FakeDiscord, shards: std::ops::Range<u32>) {
-    let ok = fake.wait_until(WAIT, move |f| shards.clone().all(|s| f.connected(s))).await;
-    assert!(ok, "shards did not connect to the fake Discord");
+pub async fn wait_connected(fake: &FakeDiscord, proxy: &Proxy, shards: std::ops::Range<u32>) {
+    let wanted = shards.clone();
+    let ok = fake.wait_until(WAIT, move |f| wanted.clone().all(|s| f.connected(s))).await;
+    assert!(
+        ok,
+        "shards did not connect to the fake Discord: connected {:?}; proxy log:\n{}",
+        shards.map(|s| (s, fake.connected(s))).collect::<Vec<_>>(),
+        proxy.log.lock().unwrap().join("\n")
+    );
 }
 
 /// A raw websocket client.
@@ -192,7 +200,9 @@ impl Client {
                     let mut pos = 0;
                     loop {
                         let before = inflater.total_in();
-                        inflater.decompress_vec(&input[pos..], &mut out, flate2::FlushDecompress::Sync).expect("inflate");
+                        inflater
+                            .decompress_vec(&input[pos..], &mut out, flate2::FlushDecompress::Sync)
+                            .expect("inflate");
                         pos += (inflater.total_in() - before) as usize;
                         if pos >= input.len() && out.len() < out.capacity() {
                             break;
@@ -250,7 +260,7 @@ impl Client {
         assert_eq!(hello["op"], 10, "{hello}");
         self.send(json!({"op": 2, "d": {"token": token, "intents": 513, "shard": [shard, total],
             "properties": {"os": "linux", "browser": "test", "device": "test"}}}))
-        .await;
+            .await;
     }
 
     /// Identifies and reads READY plus the GUILD_CREATE/GUILD_DELETE burst

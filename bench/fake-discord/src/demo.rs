@@ -19,21 +19,13 @@ pub fn inject_demo_event(fake: &FakeDiscord, n: u64) -> Option<(u32, &'static st
     }
     let shard = connected[fastrand::usize(..connected.len())];
     let gen = fake.generator();
-    let guilds: Vec<u32> = gen
-        .guilds_of_shard(shard, shards)
-        .into_iter()
-        .filter(|i| gen.is_available(*i))
-        .collect();
+    let guilds: Vec<u32> = gen.guilds_of_shard(shard, shards).into_iter().filter(|i| gen.is_available(*i)).collect();
     if guilds.is_empty() {
         return None;
     }
     let i = guilds[fastrand::usize(..guilds.len())];
     let members = gen.members_per_guild();
-    let m = if members > 1 {
-        fastrand::u32(1..members)
-    } else {
-        0
-    };
+    let m = if members > 1 { fastrand::u32(1..members) } else { 0 };
     if fastrand::u32(0..5) == 0 {
         let d = gen.typing_start(i, m, now_unix_ms() / 1000);
         let seq = fake.inject(shard, "TYPING_START", d)?;
@@ -56,10 +48,7 @@ pub async fn run_demo_events(fake: FakeDiscord, events_per_sec: f64) {
     let (period, batch) = if events_per_sec <= 1000.0 {
         (Duration::from_secs_f64(1.0 / events_per_sec), 1)
     } else {
-        (
-            Duration::from_millis(1),
-            (events_per_sec / 1000.0).ceil() as u32,
-        )
+        (Duration::from_millis(1), (events_per_sec / 1000.0).ceil() as u32)
     };
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

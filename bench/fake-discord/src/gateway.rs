@@ -116,12 +116,8 @@ impl Encoder {
     fn new(kind: TransportKind) -> std::io::Result<Self> {
         Ok(match kind {
             TransportKind::Plain => Encoder::Plain,
-            TransportKind::Zlib => {
-                Encoder::Zlib(ZlibEncoder::new(Vec::new(), Compression::default()))
-            }
-            TransportKind::Zstd => {
-                Encoder::Zstd(Box::new(zstd::stream::write::Encoder::new(Vec::new(), 3)?))
-            }
+            TransportKind::Zlib => Encoder::Zlib(ZlibEncoder::new(Vec::new(), Compression::default())),
+            TransportKind::Zstd => Encoder::Zstd(Box::new(zstd::stream::write::Encoder::new(Vec::new(), 3)?)),
         })
     }
 
@@ -181,11 +177,8 @@ async fn handle(inner: Arc<Inner>, stream: TcpStream) {
         query = req.uri().query().map(str::to_owned);
         Ok(resp)
     };
-    let ws = match tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::accept_hdr_async(stream, callback),
-    )
-    .await
+    let ws = match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::accept_hdr_async(stream, callback))
+        .await
     {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -220,12 +213,7 @@ async fn handle(inner: Arc<Inner>, stream: TcpStream) {
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        mut stream: Stream,
-        mut rx: UnboundedReceiver<ConnCmd>,
-        query: Option<&str>,
-    ) {
+    async fn run(&mut self, mut stream: Stream, mut rx: UnboundedReceiver<ConnCmd>, query: Option<&str>) {
         let kind = match parse_query(query) {
             Ok(kind) => kind,
             Err(code) => {
@@ -238,11 +226,7 @@ impl Conn {
             Err(_) => return,
         };
         let hello = json!({ "heartbeat_interval": self.inner.config.heartbeat_interval_ms, "_trace": ["[\"fake-discord-gateway\",{\"micros\":0}]"] });
-        if self
-            .send(&Utf8Bytes::from(op_text(10, &hello.to_string())))
-            .await
-            .is_err()
-        {
+        if self.send(&Utf8Bytes::from(op_text(10, &hello.to_string()))).await.is_err() {
             return;
         }
         let mut pending: Option<ConnCmd> = None;
@@ -320,20 +304,13 @@ impl Conn {
             ConnCmd::InvalidSession(resumable) => {
                 self.shard = None;
                 self.session_id = None;
-                self.send(&Utf8Bytes::from(op_text(
-                    9,
-                    if resumable { "true" } else { "false" },
-                )))
-                .await
+                self.send(&Utf8Bytes::from(op_text(9, if resumable { "true" } else { "false" }))).await
             }
         }
     }
 
     async fn feed(&mut self, text: &Utf8Bytes) -> Result<(), End> {
-        let msg = self
-            .encoder
-            .encode(text, self.payload_compress)
-            .map_err(|_| End::Gone)?;
+        let msg = self.encoder.encode(text, self.payload_compress).map_err(|_| End::Gone)?;
         self.pending_flush = true;
         self.sink.feed(msg).await.map_err(|_| End::Gone)
     }
@@ -360,10 +337,7 @@ impl Conn {
             if sh.conn.as_ref().is_some_and(|c| c.id == self.id) {
                 sh.conn = None;
             }
-            if forget
-                && sh.session.as_ref().map(|s| &s.id) == self.session_id.as_ref()
-                && self.session_id.is_some()
-            {
+            if forget && sh.session.as_ref().map(|s| &s.id) == self.session_id.as_ref() && self.session_id.is_some() {
                 sh.session = None;
             }
         }
@@ -373,15 +347,10 @@ impl Conn {
     async fn close(&mut self, code: u16, stream: &mut Stream) {
         self.detach(Inner::code_ends_session(code));
         let _ = self.flush().await;
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: close_reason(code).into(),
-        };
+        let frame = CloseFrame { code: CloseCode::from(code), reason: close_reason(code).into() };
         let _ = self.sink.send(Message::Close(Some(frame))).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = stream.next().await {} })
+            .await;
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
@@ -389,11 +358,7 @@ impl Conn {
             return Err(End::Close(4002));
         }
         let now = Instant::now();
-        while self
-            .sent_times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
-        {
+        while self.sent_times.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
             self.sent_times.pop_front();
         }
         if self.sent_times.len() >= RATE_LIMIT {
@@ -401,10 +366,7 @@ impl Conn {
         }
         self.sent_times.push_back(now);
         let payload: Value = serde_json::from_str(text).map_err(|_| End::Close(4002))?;
-        let op = payload
-            .get("op")
-            .and_then(Value::as_u64)
-            .ok_or(End::Close(4002))?;
+        let op = payload.get("op").and_then(Value::as_u64).ok_or(End::Close(4002))?;
         let d = payload.get("d").unwrap_or(&Value::Null);
         match op {
             1 => self.on_heartbeat(d).await,
@@ -416,12 +378,7 @@ impl Conn {
                 };
                 {
                     let mut state = self.inner.lock();
-                    state
-                        .shards
-                        .entry(shard)
-                        .or_default()
-                        .commands
-                        .push(payload.clone());
+                    state.shards.entry(shard).or_default().commands.push(payload.clone());
                 }
                 match op {
                     3 => {
@@ -493,10 +450,7 @@ impl Conn {
             Some(_) => return Err(End::Close(4010)),
         };
         let intents = match d.get("intents") {
-            Some(v) => v
-                .as_u64()
-                .filter(|i| *i < (1 << 26))
-                .ok_or(End::Close(4013))?,
+            Some(v) => v.as_u64().filter(|i| *i < (1 << 26)).ok_or(End::Close(4013))?,
             None => return Err(End::Close(4013)),
         };
         if !d.get("properties").is_some_and(Value::is_object) {
@@ -504,10 +458,7 @@ impl Conn {
         }
         let large_threshold = match d.get("large_threshold") {
             None | Some(Value::Null) => 50,
-            Some(v) => v
-                .as_u64()
-                .filter(|t| (50..=250).contains(t))
-                .ok_or(End::Close(4002))? as u32,
+            Some(v) => v.as_u64().filter(|t| (50..=250).contains(t)).ok_or(End::Close(4002))? as u32,
         };
         let compress = match d.get("compress") {
             None | Some(Value::Null) => false,
@@ -517,9 +468,7 @@ impl Conn {
 
         let session_id = random_hex(32);
         let generator = &self.inner.generator;
-        let ready = generator
-            .ready(shard_id, num_shards, &session_id, &self.inner.gateway_url)
-            .to_string();
+        let ready = generator.ready(shard_id, num_shards, &session_id, &self.inner.gateway_url).to_string();
         let guilds: Vec<Arc<str>> = generator
             .guilds_of_shard(shard_id, num_shards)
             .into_iter()
@@ -539,15 +488,9 @@ impl Conn {
             let _ = self.tx.send(ConnCmd::Send(text));
         }
         sh.session = Some(session);
-        sh.conn = Some(ConnRef {
-            id: self.id,
-            tx: self.tx.clone(),
-        });
+        sh.conn = Some(ConnRef { id: self.id, tx: self.tx.clone() });
         drop(state);
-        log::debug!(
-            "connection {} identified as shard [{shard_id}, {num_shards}]",
-            self.id
-        );
+        log::debug!("connection {} identified as shard [{shard_id}, {num_shards}]", self.id);
         self.shard = Some(shard_id);
         self.session_id = Some(session_id);
         Ok(())
@@ -561,20 +504,14 @@ impl Conn {
         if !self.token_ok(d) {
             return Err(End::Close(4004));
         }
-        let session_id = d
-            .get("session_id")
-            .and_then(Value::as_str)
-            .ok_or(End::Close(4002))?;
+        let session_id = d.get("session_id").and_then(Value::as_str).ok_or(End::Close(4002))?;
         let seq = match d.get("seq") {
             None | Some(Value::Null) => 0,
             Some(v) => v.as_u64().ok_or(End::Close(4002))?,
         };
         match self.resume_session(session_id, seq)? {
             Some(shard) => {
-                log::debug!(
-                    "connection {} resumed shard {shard} from seq {seq}",
-                    self.id
-                );
+                log::debug!("connection {} resumed shard {shard} from seq {seq}", self.id);
                 self.shard = Some(shard);
                 self.session_id = Some(session_id.to_owned());
                 Ok(())
@@ -615,15 +552,10 @@ impl Conn {
                 let _ = self.tx.send(ConnCmd::Send(text.clone()));
             }
         }
-        let (_, resumed) = session.push_unstored(
-            "RESUMED",
-            r#"{"_trace":["[\"fake-discord-gateway\",{\"micros\":0}]"]}"#,
-        );
+        let (_, resumed) =
+            session.push_unstored("RESUMED", r#"{"_trace":["[\"fake-discord-gateway\",{\"micros\":0}]"]}"#);
         let _ = self.tx.send(ConnCmd::Send(resumed));
-        sh.conn = Some(ConnRef {
-            id: self.id,
-            tx: self.tx.clone(),
-        });
+        sh.conn = Some(ConnRef { id: self.id, tx: self.tx.clone() });
         Ok(Some(shard))
     }
 
@@ -637,10 +569,7 @@ impl Conn {
     }
 
     fn on_voice_state(&mut self, shard: u32, d: &Value) -> Result<(), End> {
-        let guild_id = d
-            .get("guild_id")
-            .and_then(snowflake)
-            .ok_or(End::Close(4002))?;
+        let guild_id = d.get("guild_id").and_then(snowflake).ok_or(End::Close(4002))?;
         let channel_id = match d.get("channel_id") {
             None | Some(Value::Null) => None,
             Some(v) => Some(snowflake(v).ok_or(End::Close(4002))?),
@@ -713,11 +642,7 @@ impl Conn {
                     }
                 }
             }
-            let chunks: Vec<&[u32]> = if found.is_empty() {
-                vec![&[]]
-            } else {
-                found.chunks(CHUNK_SIZE).collect()
-            };
+            let chunks: Vec<&[u32]> = if found.is_empty() { vec![&[]] } else { found.chunks(CHUNK_SIZE).collect() };
             let count = chunks.len();
             for (index, chunk) in chunks.into_iter().enumerate() {
                 let mut body = json!({
@@ -783,18 +708,9 @@ mod tests {
 
     #[test]
     fn query_parsing() {
-        assert_eq!(
-            parse_query(Some("v=10&encoding=json")),
-            Ok(TransportKind::Plain)
-        );
-        assert_eq!(
-            parse_query(Some("v=10&encoding=json&compress=zlib-stream")),
-            Ok(TransportKind::Zlib)
-        );
-        assert_eq!(
-            parse_query(Some("v=10&encoding=json&compress=zstd-stream")),
-            Ok(TransportKind::Zstd)
-        );
+        assert_eq!(parse_query(Some("v=10&encoding=json")), Ok(TransportKind::Plain));
+        assert_eq!(parse_query(Some("v=10&encoding=json&compress=zlib-stream")), Ok(TransportKind::Zlib));
+        assert_eq!(parse_query(Some("v=10&encoding=json&compress=zstd-stream")), Ok(TransportKind::Zstd));
         assert_eq!(parse_query(Some("v=9&encoding=json")), Err(4012));
         assert_eq!(parse_query(Some("v=10&encoding=etf")), Err(4002));
         assert_eq!(parse_query(None), Ok(TransportKind::Plain));

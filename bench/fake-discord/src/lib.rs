@@ -120,13 +120,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(id: String, capacity: usize) -> Self {
-        Self {
-            id,
-            seq: 0,
-            history: VecDeque::new(),
-            evicted_upto: 0,
-            capacity,
-        }
+        Self { id, seq: 0, history: VecDeque::new(), evicted_upto: 0, capacity }
     }
 
     /// Assigns the next seq to a dispatch and stores it for replay.
@@ -219,21 +213,11 @@ impl Inner {
     }
 
     /// Serialized GUILD_CREATE `d` of guild `i`, cached.
-    pub(crate) fn guild_create_json(
-        &self,
-        i: u32,
-        presences: bool,
-        large_threshold: u32,
-    ) -> Arc<str> {
+    pub(crate) fn guild_create_json(&self, i: u32, presences: bool, large_threshold: u32) -> Arc<str> {
         let large = self.generator.members_per_guild() > large_threshold;
         let slot = usize::from(presences) * 2 + usize::from(large);
         self.guild_cache[i as usize][slot]
-            .get_or_init(|| {
-                self.generator
-                    .guild_create(i, presences, large_threshold)
-                    .to_string()
-                    .into()
-            })
+            .get_or_init(|| self.generator.guild_create(i, presences, large_threshold).to_string().into())
             .clone()
     }
 
@@ -290,16 +274,8 @@ impl FakeDiscord {
         });
         let rest_task = tokio::spawn(rest::serve(Arc::clone(&inner), rest));
         let gateway_task = tokio::spawn(gateway::serve(Arc::clone(&inner), gateway));
-        inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend([rest_task, gateway_task]);
-        log::info!(
-            "fake discord: api {} gateway {}",
-            inner.api_url,
-            inner.gateway_url
-        );
+        inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([rest_task, gateway_task]);
+        log::info!("fake discord: api {} gateway {}", inner.api_url, inner.gateway_url);
         Ok(FakeDiscord { inner })
     }
 
@@ -352,10 +328,7 @@ impl FakeDiscord {
     /// Guild ids that get a GUILD_CREATE (not in the configured outage).
     pub fn available_guild_ids(&self) -> Vec<u64> {
         let g = &self.inner.generator;
-        (0..g.guild_count())
-            .filter(|i| g.is_available(*i))
-            .map(|i| g.guild_id(i))
-            .collect()
+        (0..g.guild_count()).filter(|i| g.is_available(*i)).map(|i| g.guild_id(i)).collect()
     }
 
     /// Id of the first text channel of a guild.
@@ -365,9 +338,7 @@ impl FakeDiscord {
     /// If `guild_id` is not one of [`FakeDiscord::guild_ids`].
     pub fn first_channel_id(&self, guild_id: u64) -> u64 {
         let g = &self.inner.generator;
-        let i = g
-            .guild_index(guild_id)
-            .unwrap_or_else(|| panic!("unknown guild id {guild_id}"));
+        let i = g.guild_index(guild_id).unwrap_or_else(|| panic!("unknown guild id {guild_id}"));
         g.first_channel_id(i)
     }
 
@@ -418,9 +389,7 @@ impl FakeDiscord {
         let Some(conn) = state.shards.get(&shard).and_then(|s| s.conn.as_ref()) else {
             return false;
         };
-        let _ = conn
-            .tx
-            .send(ConnCmd::Send(Utf8Bytes::from(op_text(7, "null"))));
+        let _ = conn.tx.send(ConnCmd::Send(Utf8Bytes::from(op_text(7, "null"))));
         true
     }
 
@@ -461,50 +430,29 @@ impl FakeDiscord {
 
     /// Identify payloads received naming this shard (failed ones included).
     pub fn identify_count_for(&self, shard: u32) -> u64 {
-        self.inner
-            .lock()
-            .shards
-            .get(&shard)
-            .map_or(0, |s| s.identifies)
+        self.inner.lock().shards.get(&shard).map_or(0, |s| s.identifies)
     }
 
     /// Resume payloads received for a session of this shard (failed ones
     /// included; a Resume naming an unknown session counts for no shard).
     pub fn resume_count_for(&self, shard: u32) -> u64 {
-        self.inner
-            .lock()
-            .shards
-            .get(&shard)
-            .map_or(0, |s| s.resumes)
+        self.inner.lock().shards.get(&shard).map_or(0, |s| s.resumes)
     }
 
     /// Whether a live, identified or resumed connection exists for the shard.
     pub fn connected(&self, shard: u32) -> bool {
-        self.inner
-            .lock()
-            .shards
-            .get(&shard)
-            .is_some_and(|s| s.conn.is_some())
+        self.inner.lock().shards.get(&shard).is_some_and(|s| s.conn.is_some())
     }
 
     /// Whether the shard has a session (resumable or live).
     pub fn has_session(&self, shard: u32) -> bool {
-        self.inner
-            .lock()
-            .shards
-            .get(&shard)
-            .is_some_and(|s| s.session.is_some())
+        self.inner.lock().shards.get(&shard).is_some_and(|s| s.session.is_some())
     }
 
     /// The shard's current session id, if any.
     pub fn session_id(&self, shard: u32) -> Option<String> {
         let state = self.inner.lock();
-        state
-            .shards
-            .get(&shard)?
-            .session
-            .as_ref()
-            .map(|s| s.id.clone())
+        state.shards.get(&shard)?.session.as_ref().map(|s| s.id.clone())
     }
 
     /// Last seq sent (or stored) on the shard's session, if any.
@@ -516,12 +464,7 @@ impl FakeDiscord {
     /// Every op 3/4/8/31 payload received on that shard, in order (whole
     /// payloads: `{"op": .., "d": ..}`).
     pub fn commands(&self, shard: u32) -> Vec<Value> {
-        self.inner
-            .lock()
-            .shards
-            .get(&shard)
-            .map(|s| s.commands.clone())
-            .unwrap_or_default()
+        self.inner.lock().shards.get(&shard).map(|s| s.commands.clone()).unwrap_or_default()
     }
 
     /// Number of open gateway connections (authenticated or not).
@@ -546,13 +489,7 @@ impl FakeDiscord {
 
     /// Stops the listeners and drops every open connection. Sessions stay.
     pub fn shutdown(&self) {
-        for task in self
-            .inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for task in self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             task.abort();
         }
         let mut state = self.inner.lock();

@@ -33,11 +33,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut config = FakeConfig {
-        rest_port: 8800,
-        gateway_port: 8801,
-        ..FakeConfig::default()
-    };
+    let mut config = FakeConfig { rest_port: 8800, gateway_port: 8801, ..FakeConfig::default() };
     let mut events_per_sec = 2.0;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -48,22 +44,12 @@ fn parse_args() -> Result<Args, String> {
             Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
             None => (flag.clone(), None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value"));
         fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{name}: invalid value {v:?}"))
+            v.parse().map_err(|_| format!("{name}: invalid value {v:?}"))
         }
         match name.as_str() {
-            "--host" => {
-                config.host = value()?
-                    .parse::<IpAddr>()
-                    .map_err(|e| format!("--host: {e}"))?
-            }
+            "--host" => config.host = value()?.parse::<IpAddr>().map_err(|e| format!("--host: {e}"))?,
             "--rest-port" => config.rest_port = num(&name, value()?)?,
             "--gateway-port" => config.gateway_port = num(&name, value()?)?,
             "--token" => config.token = value()?,
@@ -82,10 +68,7 @@ fn parse_args() -> Result<Args, String> {
     if config.shards == 0 {
         return Err("--shards must be at least 1".to_owned());
     }
-    Ok(Args {
-        config,
-        events_per_sec,
-    })
+    Ok(Args { config, events_per_sec })
 }
 
 #[tokio::main]
@@ -121,10 +104,7 @@ async fn main() -> ExitCode {
         fake.bot_user_id(),
         args.events_per_sec
     );
-    tokio::spawn(fake_discord::demo::run_demo_events(
-        fake.clone(),
-        args.events_per_sec,
-    ));
+    tokio::spawn(fake_discord::demo::run_demo_events(fake.clone(), args.events_per_sec));
     // Run until killed.
     loop {
         tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -57,26 +57,17 @@ pub const fn shard_for_guild(guild_id: u64, num_shards: u32) -> u32 {
 }
 
 fn object_id(kind: Kind, index: u64) -> u64 {
-    snowflake(
-        OBJECT_T0 + index / 4096,
-        ((kind as u64) << 17) | (index % 4096),
-    )
+    snowflake(OBJECT_T0 + index / 4096, ((kind as u64) << 17) | (index % 4096))
 }
 
 /// Current Unix time in milliseconds.
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A fresh snowflake for "now" (used for message ids and the like).
 pub fn now_snowflake(increment: u64) -> u64 {
-    snowflake(
-        now_unix_ms().saturating_sub(DISCORD_EPOCH_MS),
-        (1 << 17) | (increment % 4096),
-    )
+    snowflake(now_unix_ms().saturating_sub(DISCORD_EPOCH_MS), (1 << 17) | (increment % 4096))
 }
 
 /// Formats Unix milliseconds as Discord does: `2024-06-01T12:00:00.000000+00:00`.
@@ -109,18 +100,12 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// A deterministic 32-hex-digit image hash derived from `seed`.
 pub fn image_hash(seed: u64) -> String {
-    format!(
-        "{:016x}{:016x}",
-        splitmix64(seed),
-        splitmix64(seed ^ 0x5555_5555_5555_5555)
-    )
+    format!("{:016x}{:016x}", splitmix64(seed), splitmix64(seed ^ 0x5555_5555_5555_5555))
 }
 
 /// A random lowercase hex string of `len` digits (session ids, voice tokens).
 pub fn random_hex(len: usize) -> String {
-    (0..len)
-        .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0'))
-        .collect()
+    (0..len).map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap_or('0')).collect()
 }
 
 /// Dimensions of the generated world, taken from the config.
@@ -146,9 +131,7 @@ pub struct Generator {
 }
 
 /// Names for generated users.
-const FIRST_NAMES: [&str; 8] = [
-    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
-];
+const FIRST_NAMES: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
 
 impl Generator {
     /// Creates the generator for these dimensions.
@@ -170,24 +153,10 @@ impl Generator {
             unavailable: unavailable_guilds.min(guilds),
         };
         let guild_ids: Vec<u64> = (0..guilds)
-            .map(|i| {
-                snowflake(
-                    GUILD_T0 + u64::from(i),
-                    ((Kind::Guild as u64) << 17) | (u64::from(i) % 4096),
-                )
-            })
+            .map(|i| snowflake(GUILD_T0 + u64::from(i), ((Kind::Guild as u64) << 17) | (u64::from(i) % 4096)))
             .collect();
-        let guild_index = guild_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i as u32))
-            .collect();
-        Self {
-            dims,
-            bot_user_id: snowflake(BOT_T0, 0),
-            guild_ids,
-            guild_index,
-        }
+        let guild_index = guild_ids.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect();
+        Self { dims, bot_user_id: snowflake(BOT_T0, 0), guild_ids, guild_index }
     }
 
     /// The bot's user id (also its application id).
@@ -246,26 +215,17 @@ impl Generator {
 
     /// Id of text channel `k` (0-based) of guild `i`.
     pub fn text_channel_id(&self, i: u32, k: u32) -> u64 {
-        object_id(
-            Kind::Channel,
-            u64::from(i) * self.channel_slots() + 1 + u64::from(k),
-        )
+        object_id(Kind::Channel, u64::from(i) * self.channel_slots() + 1 + u64::from(k))
     }
 
     /// Id of the voice channel of guild `i`.
     pub fn voice_channel_id(&self, i: u32) -> u64 {
-        object_id(
-            Kind::Channel,
-            u64::from(i) * self.channel_slots() + 1 + u64::from(self.dims.channels),
-        )
+        object_id(Kind::Channel, u64::from(i) * self.channel_slots() + 1 + u64::from(self.dims.channels))
     }
 
     /// Id of the thread of guild `i` (only guilds with `has_thread(i)`).
     pub fn thread_id(&self, i: u32) -> u64 {
-        object_id(
-            Kind::Channel,
-            u64::from(i) * self.channel_slots() + 2 + u64::from(self.dims.channels),
-        )
+        object_id(Kind::Channel, u64::from(i) * self.channel_slots() + 2 + u64::from(self.dims.channels))
     }
 
     /// Whether guild `i` has an active thread (even guilds with a text channel).
@@ -284,10 +244,7 @@ impl Generator {
 
     /// Id of role `k` (0-based, not counting @everyone) of guild `i`.
     pub fn role_id(&self, i: u32, k: u32) -> u64 {
-        object_id(
-            Kind::Role,
-            u64::from(i) * u64::from(self.dims.roles) + u64::from(k),
-        )
+        object_id(Kind::Role, u64::from(i) * u64::from(self.dims.roles) + u64::from(k))
     }
 
     /// User id of member `m` of guild `i`; member 0 is the bot.
@@ -295,10 +252,7 @@ impl Generator {
         if m == 0 {
             return self.bot_user_id;
         }
-        object_id(
-            Kind::User,
-            u64::from(i) * u64::from(self.dims.members) + u64::from(m),
-        )
+        object_id(Kind::User, u64::from(i) * u64::from(self.dims.members) + u64::from(m))
     }
 
     /// Finds `(guild_index, member_index)` of a user id within guild `i`.
@@ -413,11 +367,7 @@ impl Generator {
 
     /// Guild member object (with `user`) of member `m` of guild `i`.
     pub fn member(&self, i: u32, m: u32) -> Value {
-        let joined = if m == 0 {
-            JOINED_AT_MS
-        } else {
-            JOINED_AT_MS - 86_400_000 * u64::from(m % 365 + 1)
-        };
+        let joined = if m == 0 { JOINED_AT_MS } else { JOINED_AT_MS - 86_400_000 * u64::from(m % 365 + 1) };
         json!({
             "user": self.user(i, m),
             "nick": if m % 4 == 2 { Value::String(format!("nick{m}")) } else { Value::Null },
@@ -585,14 +535,7 @@ impl Generator {
     }
 
     /// Voice state object of member `m` of guild `i` in `channel_id`.
-    pub fn voice_state(
-        &self,
-        i: u32,
-        m: u32,
-        channel_id: Option<u64>,
-        session_id: &str,
-        with_guild: bool,
-    ) -> Value {
+    pub fn voice_state(&self, i: u32, m: u32, channel_id: Option<u64>, session_id: &str, with_guild: bool) -> Value {
         let mut v = json!({
             "user_id": self.user_id(i, m).to_string(),
             "channel_id": channel_id.map(|c| c.to_string()),
@@ -709,38 +652,21 @@ impl Generator {
         };
         let presence_list: Vec<Value> = if presences {
             (0..members)
-                .filter(|m| {
-                    self.is_online(i, *m) && (!large || *m == 0 || Some(*m) == voice_member)
-                })
+                .filter(|m| self.is_online(i, *m) && (!large || *m == 0 || Some(*m) == voice_member))
                 .map(|m| self.presence(i, m))
                 .collect()
         } else {
             Vec::new()
         };
         let voice_states: Vec<Value> = voice_member
-            .map(|m| {
-                vec![self.voice_state(
-                    i,
-                    m,
-                    Some(self.voice_channel_id(i)),
-                    &image_hash(gid ^ 0xdead),
-                    false,
-                )]
-            })
+            .map(|m| vec![self.voice_state(i, m, Some(self.voice_channel_id(i)), &image_hash(gid ^ 0xdead), false)])
             .unwrap_or_default();
         let mut roles = vec![self.everyone_role(i)];
         roles.extend((0..self.dims.roles).map(|k| self.role(i, k)));
         let owner = self.user_id(i, self.owner_member());
-        let system_channel = if self.dims.channels > 0 {
-            Value::String(self.text_channel_id(i, 0).to_string())
-        } else {
-            Value::Null
-        };
-        let features = if i % 3 == 1 {
-            json!(["ANIMATED_ICON", "INVITE_SPLASH", "NEWS"])
-        } else {
-            json!([])
-        };
+        let system_channel =
+            if self.dims.channels > 0 { Value::String(self.text_channel_id(i, 0).to_string()) } else { Value::Null };
+        let features = if i % 3 == 1 { json!(["ANIMATED_ICON", "INVITE_SPLASH", "NEWS"]) } else { json!([]) };
 
         let mut g = Map::new();
         let mut put = |k: &str, v: Value| {
@@ -749,21 +675,11 @@ impl Generator {
         // Guild object fields.
         put("id", Value::String(gid.to_string()));
         put("name", Value::String(format!("Fake Guild {i}")));
-        put(
-            "icon",
-            if i.is_multiple_of(2) {
-                Value::String(image_hash(gid))
-            } else {
-                Value::Null
-            },
-        );
+        put("icon", if i.is_multiple_of(2) { Value::String(image_hash(gid)) } else { Value::Null });
         put("splash", Value::Null);
         put("discovery_splash", Value::Null);
         put("owner_id", Value::String(owner.to_string()));
-        put(
-            "afk_channel_id",
-            Value::String(self.voice_channel_id(i).to_string()),
-        );
+        put("afk_channel_id", Value::String(self.voice_channel_id(i).to_string()));
         put("afk_timeout", json!(300));
         put("widget_enabled", json!(false));
         put("widget_channel_id", Value::Null);
@@ -814,10 +730,7 @@ impl Generator {
         put("presences", Value::Array(presence_list));
         put("voice_states", Value::Array(voice_states));
         put("stage_instances", json!([]));
-        put(
-            "guild_scheduled_events",
-            Value::Array(self.scheduled_events(i)),
-        );
+        put("guild_scheduled_events", Value::Array(self.scheduled_events(i)));
         put("soundboard_sounds", Value::Array(self.soundboard_sounds(i)));
         put("embedded_activities", json!([]));
         put("activity_instances", json!([]));
@@ -827,19 +740,11 @@ impl Generator {
 
     /// Guild indices of a shard (`(id >> 22) % num_shards == shard`), in order.
     pub fn guilds_of_shard(&self, shard: u32, num_shards: u32) -> Vec<u32> {
-        (0..self.dims.guilds)
-            .filter(|i| shard_for_guild(self.guild_id(*i), num_shards) == shard)
-            .collect()
+        (0..self.dims.guilds).filter(|i| shard_for_guild(self.guild_id(*i), num_shards) == shard).collect()
     }
 
     /// The `d` of READY for `shard` of `num_shards`.
-    pub fn ready(
-        &self,
-        shard: u32,
-        num_shards: u32,
-        session_id: &str,
-        resume_gateway_url: &str,
-    ) -> Value {
+    pub fn ready(&self, shard: u32, num_shards: u32, session_id: &str, resume_gateway_url: &str) -> Value {
         let guilds: Vec<Value> = self
             .guilds_of_shard(shard, num_shards)
             .into_iter()
@@ -868,11 +773,7 @@ impl Generator {
     /// A MESSAGE_CREATE `d`: member `m` of guild `i` says `content` in text
     /// channel `k` (falls back to the first channel).
     pub fn message_create(&self, i: u32, m: u32, k: u32, message_id: u64, content: &str) -> Value {
-        let channel = if k < self.dims.channels {
-            self.text_channel_id(i, k)
-        } else {
-            self.first_channel_id(i)
-        };
+        let channel = if k < self.dims.channels { self.text_channel_id(i, k) } else { self.first_channel_id(i) };
         let mut member = self.member(i, m);
         if let Some(obj) = member.as_object_mut() {
             obj.remove("user");

@@ -21,8 +21,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 let inner = Arc::clone(&inner);
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(10), handle(inner, stream)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), handle(inner, stream)).await;
                 });
             }
             Err(e) => {
@@ -42,10 +41,7 @@ struct Head {
 
 impl Head {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -63,11 +59,7 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
             Some((k.trim().to_owned(), v.trim().to_owned()))
         })
         .collect();
-    Some(Head {
-        method,
-        path,
-        headers,
-    })
+    Some(Head { method, path, headers })
 }
 
 async fn handle(inner: Arc<Inner>, mut stream: TcpStream) -> std::io::Result<()> {
@@ -93,19 +85,10 @@ async fn handle(inner: Arc<Inner>, mut stream: TcpStream) -> std::io::Result<()>
         buf.extend_from_slice(&chunk[..n]);
     };
     let Some(head) = parse_head(&buf[..head_end]) else {
-        return respond(
-            &mut stream,
-            400,
-            "Bad Request",
-            &json!({"message": "400: Bad Request", "code": 0}),
-        )
-        .await;
+        return respond(&mut stream, 400, "Bad Request", &json!({"message": "400: Bad Request", "code": 0})).await;
     };
     // Read (and ignore) a body, if any.
-    let body_len: usize = head
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let body_len: usize = head.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut have = buf.len() - (head_end + 4);
     while have < body_len.min(1 << 20) {
         let mut chunk = [0u8; 4096];
@@ -122,30 +105,16 @@ async fn handle(inner: Arc<Inner>, mut stream: TcpStream) -> std::io::Result<()>
 
 fn route(inner: &Inner, head: &Head) -> (u16, &'static str, Value) {
     let path = head.path.trim_end_matches('/');
-    let path = path
-        .strip_prefix("/api/v10")
-        .or_else(|| path.strip_prefix("/api"))
-        .unwrap_or("");
-    let authorized = head
-        .header("authorization")
-        .is_some_and(|v| v.strip_prefix("Bot ") == Some(inner.config.token.as_str()));
-    let unauthorized = (
-        401,
-        "Unauthorized",
-        json!({"message": "401: Unauthorized", "code": 0}),
-    );
-    let not_found = (
-        404,
-        "Not Found",
-        json!({"message": "404: Not Found", "code": 0}),
-    );
+    let path = path.strip_prefix("/api/v10").or_else(|| path.strip_prefix("/api")).unwrap_or("");
+    let authorized =
+        head.header("authorization").is_some_and(|v| v.strip_prefix("Bot ") == Some(inner.config.token.as_str()));
+    let unauthorized = (401, "Unauthorized", json!({"message": "401: Unauthorized", "code": 0}));
+    let not_found = (404, "Not Found", json!({"message": "404: Not Found", "code": 0}));
     if head.method != "GET" {
         return match path {
-            "/gateway/bot" | "/gateway" | "/users/@me" => (
-                405,
-                "Method Not Allowed",
-                json!({"message": "405: Method Not Allowed", "code": 0}),
-            ),
+            "/gateway/bot" | "/gateway" | "/users/@me" => {
+                (405, "Method Not Allowed", json!({"message": "405: Method Not Allowed", "code": 0}))
+            }
             _ => not_found,
         };
     }
@@ -182,12 +151,7 @@ fn route(inner: &Inner, head: &Head) -> (u16, &'static str, Value) {
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    body: &Value,
-) -> std::io::Result<()> {
+async fn respond(stream: &mut TcpStream, status: u16, reason: &str, body: &Value) -> std::io::Result<()> {
     let body = body.to_string();
     let response = format!(
         "HTTP/1.1 {status} {reason}\r\n\

@@ -15,21 +15,14 @@ fn twilight_event(payload: &Value) -> GatewayEvent {
     let text = payload.to_string();
     let de = GatewayEventDeserializer::from_json(&text).expect("op/t/s header");
     let mut json = serde_json::Deserializer::from_str(&text);
-    de.deserialize(&mut json)
-        .unwrap_or_else(|e| panic!("twilight rejected {}: {e}", &text[..text.len().min(400)]))
+    de.deserialize(&mut json).unwrap_or_else(|e| panic!("twilight rejected {}: {e}", &text[..text.len().min(400)]))
 }
 
 #[tokio::test]
 async fn rest_gateway_bot() {
-    let fake = start(FakeConfig {
-        shards: 3,
-        max_concurrency: 2,
-        session_start_remaining: 77,
-        ..FakeConfig::default()
-    })
-    .await;
-    let (status, body) =
-        common::http_get(&fake, "/api/v10/gateway/bot", Some("Bot fake-token")).await;
+    let fake =
+        start(FakeConfig { shards: 3, max_concurrency: 2, session_start_remaining: 77, ..FakeConfig::default() }).await;
+    let (status, body) = common::http_get(&fake, "/api/v10/gateway/bot", Some("Bot fake-token")).await;
     assert_eq!(status, 200);
     assert_eq!(body["url"], fake.gateway_url());
     assert_eq!(body["shards"], 3);
@@ -57,12 +50,7 @@ async fn rest_gateway_bot() {
 
 #[tokio::test]
 async fn identify_sends_ready_and_guild_creates() {
-    let fake = start(FakeConfig {
-        guilds: 22,
-        unavailable_guilds: 2,
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = start(FakeConfig { guilds: 22, unavailable_guilds: 2, ..FakeConfig::default() }).await;
     let available = fake.available_guild_ids();
     assert_eq!(available.len(), 20);
     let mut total_guilds = 0;
@@ -90,38 +78,24 @@ async fn identify_sends_ready_and_guild_creates() {
         let ready_model: twilight_model::gateway::payload::incoming::Ready =
             serde_json::from_value(d.clone()).expect("twilight Ready");
         assert_eq!(ready_model.guilds.len(), listed.len());
-        assert!(matches!(
-            twilight_event(&ready),
-            GatewayEvent::Dispatch(1, _)
-        ));
+        assert!(matches!(twilight_event(&ready), GatewayEvent::Dispatch(1, _)));
 
-        let expected: Vec<u64> = listed
-            .iter()
-            .copied()
-            .filter(|g| available.contains(g))
-            .collect();
+        let expected: Vec<u64> = listed.iter().copied().filter(|g| available.contains(g)).collect();
         assert_eq!(guilds.len(), expected.len());
         for (k, g) in guilds.iter().enumerate() {
             assert_eq!(g["s"], k as u64 + 2);
-            let guild: twilight_model::guild::Guild =
-                serde_json::from_value(g["d"].clone()).expect("twilight Guild");
+            let guild: twilight_model::guild::Guild = serde_json::from_value(g["d"].clone()).expect("twilight Guild");
             assert_eq!(guild.id.get(), expected[k]);
             assert_eq!(guild.unavailable, Some(false));
             assert_eq!(guild.members.len(), 5);
             assert_eq!(guild.member_count, Some(5));
-            assert!(guild
-                .members
-                .iter()
-                .any(|m| m.user.id.get() == fake.bot_user_id()));
+            assert!(guild.members.iter().any(|m| m.user.id.get() == fake.bot_user_id()));
             assert_eq!(guild.channels.len(), 5);
             assert_eq!(guild.roles.len(), 3);
             assert!(guild.roles.iter().any(|r| r.id.get() == guild.id.get()));
             assert!(!guild.emojis.is_empty());
             assert_eq!(guild.stickers.len(), 1);
-            assert_eq!(
-                fake.first_channel_id(guild.id.get()),
-                guild.channels[1].id.get()
-            );
+            assert_eq!(fake.first_channel_id(guild.id.get()), guild.channels[1].id.get());
             for key in [
                 "members",
                 "channels",
@@ -139,14 +113,8 @@ async fn identify_sends_ready_and_guild_creates() {
                 assert!(g["d"][key].is_array(), "{key} missing");
             }
             match twilight_event(g) {
-                GatewayEvent::Dispatch(
-                    _,
-                    twilight_model::gateway::event::DispatchEvent::GuildCreate(gc),
-                ) => {
-                    assert!(matches!(
-                        *gc,
-                        twilight_model::gateway::payload::incoming::GuildCreate::Available(_)
-                    ));
+                GatewayEvent::Dispatch(_, twilight_model::gateway::event::DispatchEvent::GuildCreate(gc)) => {
+                    assert!(matches!(*gc, twilight_model::gateway::payload::incoming::GuildCreate::Available(_)));
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -178,14 +146,14 @@ async fn inject_delivers_with_next_seq() {
     let mut c = Client::connect(&fake).await;
     let (_, guilds) = c.identify(&fake, 2, 4).await;
     // Discord's key order for dispatches.
-    assert!(
-        c.last_text.starts_with(r#"{"t":"GUILD_CREATE","s":"#),
-        "{}",
-        &c.last_text[..40]
-    );
+    assert!(c.last_text.starts_with(r#"{"t":"GUILD_CREATE","s":"#), "{}", &c.last_text[..40]);
     let last = guilds.len() as u64 + 1;
     let guild_id = fake.guild_ids_for_shard(2, 4)[0];
-    let seq = fake.inject(2, "TYPING_START", json!({"channel_id": "1", "guild_id": guild_id.to_string(), "user_id": "2", "timestamp": 1}));
+    let seq = fake.inject(
+        2,
+        "TYPING_START",
+        json!({"channel_id": "1", "guild_id": guild_id.to_string(), "user_id": "2", "timestamp": 1}),
+    );
     assert_eq!(seq, Some(last + 1));
     let p = c.recv().await.payload();
     assert_eq!(p["t"], "TYPING_START");
@@ -193,11 +161,7 @@ async fn inject_delivers_with_next_seq() {
     assert_eq!(p["d"]["guild_id"], guild_id.to_string());
     assert_eq!(fake.inject(2, "X", json!({})), Some(last + 2));
     assert_eq!(c.recv().await.payload()["s"], last + 2);
-    assert_eq!(
-        fake.inject(3, "X", json!({})),
-        None,
-        "shard 3 has no session"
-    );
+    assert_eq!(fake.inject(3, "X", json!({})), None, "shard 3 has no session");
 }
 
 #[tokio::test]
@@ -212,14 +176,11 @@ async fn drop_then_resume_replays_missed_events() {
     assert!(!fake.connected(0));
     assert!(matches!(c.recv().await, Got::Ended));
 
-    let seqs: Vec<u64> = (0..3)
-        .map(|n| fake.inject(0, "MESSAGE_CREATE", json!({"n": n})).unwrap())
-        .collect();
+    let seqs: Vec<u64> = (0..3).map(|n| fake.inject(0, "MESSAGE_CREATE", json!({"n": n})).unwrap()).collect();
     assert_eq!(seqs, vec![last + 1, last + 2, last + 3]);
 
     let mut c = Client::connect(&fake).await;
-    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": last}}))
-        .await;
+    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": last}})).await;
     for (n, seq) in seqs.iter().enumerate() {
         let p = c.recv().await.payload();
         assert_eq!(p["t"], "MESSAGE_CREATE");
@@ -241,8 +202,7 @@ async fn drop_then_resume_replays_missed_events() {
     // Resuming from an older seq (on a new connection) replays GUILD_CREATEs too.
     assert!(fake.drop_connection(0));
     let mut c2 = Client::connect(&fake).await;
-    c2.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": 1}}))
-        .await;
+    c2.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": 1}})).await;
     for k in 0..guilds.len() {
         let p = c2.recv().await.payload();
         assert_eq!(p["t"], "GUILD_CREATE");
@@ -260,8 +220,7 @@ async fn drop_then_resume_replays_missed_events() {
 async fn resume_of_unknown_session_gets_invalid_session() {
     let fake = start(FakeConfig::default()).await;
     let mut c = Client::connect(&fake).await;
-    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": "nope", "seq": 5}}))
-        .await;
+    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": "nope", "seq": 5}})).await;
     let p = c.recv().await.payload();
     assert_eq!(p["op"], 9);
     assert_eq!(p["d"], false);
@@ -273,11 +232,7 @@ async fn resume_of_unknown_session_gets_invalid_session() {
 
 #[tokio::test]
 async fn resume_with_too_old_seq_gets_invalid_session() {
-    let fake = start(FakeConfig {
-        replay_capacity: 2,
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = start(FakeConfig { replay_capacity: 2, ..FakeConfig::default() }).await;
     let mut c = Client::connect(&fake).await;
     let (ready, _) = c.identify(&fake, 0, 4).await;
     let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
@@ -286,8 +241,7 @@ async fn resume_with_too_old_seq_gets_invalid_session() {
         fake.inject(0, "X", json!({}));
     }
     let mut c = Client::connect(&fake).await;
-    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": 1}}))
-        .await;
+    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": 1}})).await;
     let p = c.recv().await.payload();
     assert_eq!((p["op"].clone(), p["d"].clone()), (json!(9), json!(false)));
     assert!(!fake.has_session(0));
@@ -304,12 +258,7 @@ async fn close_codes() {
     let fake = start(FakeConfig::default()).await;
     // 4004: wrong token (identify and resume).
     expect_identify_close(&fake, identify_payload("bad", 0, 4), 4004).await;
-    expect_identify_close(
-        &fake,
-        json!({"op": 6, "d": {"token": "bad", "session_id": "x", "seq": 1}}),
-        4004,
-    )
-    .await;
+    expect_identify_close(&fake, json!({"op": 6, "d": {"token": "bad", "session_id": "x", "seq": 1}}), 4004).await;
     // 4010: shard count differs, shard id out of range, malformed shard.
     expect_identify_close(&fake, identify_payload("fake-token", 0, 3), 4010).await;
     expect_identify_close(&fake, identify_payload("fake-token", 4, 4), 4010).await;
@@ -325,20 +274,14 @@ async fn close_codes() {
     p["d"]["intents"] = json!("all");
     expect_identify_close(&fake, p, 4013).await;
     // 4003: a command before identifying.
-    expect_identify_close(
-        &fake,
-        json!({"op": 8, "d": {"guild_id": "1", "query": "", "limit": 0}}),
-        4003,
-    )
-    .await;
+    expect_identify_close(&fake, json!({"op": 8, "d": {"guild_id": "1", "query": "", "limit": 0}}), 4003).await;
     // 4002: undecodable payload.
     let mut c = Client::connect(&fake).await;
     c.send_text("{not json").await;
     c.expect_close(4002).await;
     // 4002: too large.
     let mut c = Client::connect(&fake).await;
-    c.send(json!({"op": 1, "d": null, "pad": "x".repeat(5000)}))
-        .await;
+    c.send(json!({"op": 1, "d": null, "pad": "x".repeat(5000)})).await;
     c.expect_close(4002).await;
     // 4001: unknown opcode.
     let mut c = Client::connect(&fake).await;
@@ -389,8 +332,7 @@ async fn close_reconnect_and_invalid_session_controls() {
     // The same connection may resume.
     let session_id = fake.session_id(0).unwrap();
     let seq = fake.last_seq(0).unwrap();
-    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": seq}}))
-        .await;
+    c.send(json!({"op": 6, "d": {"token": fake.token(), "session_id": session_id, "seq": seq}})).await;
     assert_eq!(c.recv().await.payload()["t"], "RESUMED");
     assert!(fake.connected(0));
 
@@ -414,30 +356,17 @@ async fn client_close_1000_ends_session() {
     let fake = start(FakeConfig::default()).await;
     let mut c = Client::connect(&fake).await;
     c.identify(&fake, 3, 4).await;
-    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: 1000.into(),
-        reason: "".into(),
-    }))
-    .await
-    .unwrap();
-    assert!(
-        fake.wait_until(Duration::from_secs(2), |f| !f.connected(3)
-            && !f.has_session(3))
-            .await
-    );
+    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "".into() }))
+        .await
+        .unwrap();
+    assert!(fake.wait_until(Duration::from_secs(2), |f| !f.connected(3) && !f.has_session(3)).await);
 
     let mut c = Client::connect(&fake).await;
     c.identify(&fake, 3, 4).await;
-    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: 4000.into(),
-        reason: "bye".into(),
-    }))
-    .await
-    .unwrap();
-    assert!(
-        fake.wait_until(Duration::from_secs(2), |f| !f.connected(3))
-            .await
-    );
+    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: 4000.into(), reason: "bye".into() }))
+        .await
+        .unwrap();
+    assert!(fake.wait_until(Duration::from_secs(2), |f| !f.connected(3)).await);
     assert!(fake.has_session(3), "a non-1000 close keeps the session");
 }
 
@@ -457,10 +386,7 @@ async fn zlib_stream_frames_end_with_sync_flush() {
         assert!(f.ends_with(&[0, 0, 0xff, 0xff]));
     }
     // The second message depends on the first's dictionary: one stream.
-    assert_eq!(
-        c.raw_frames[0][0], 0x78,
-        "zlib header only on the first frame"
-    );
+    assert_eq!(c.raw_frames[0][0], 0x78, "zlib header only on the first frame");
     assert_ne!(c.raw_frames[1][0], 0x78);
 }
 
@@ -486,11 +412,7 @@ async fn identify_compress_true_compresses_each_payload() {
 
 #[tokio::test]
 async fn request_guild_members_chunks_carry_nonce() {
-    let fake = start(FakeConfig {
-        members_per_guild: 7,
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = start(FakeConfig { members_per_guild: 7, ..FakeConfig::default() }).await;
     let mut c = Client::connect(&fake).await;
     c.identify(&fake, 1, 4).await;
     let guild_id = fake.guild_ids_for_shard(1, 4)[0];
@@ -511,8 +433,7 @@ async fn request_guild_members_chunks_carry_nonce() {
 
     // user_ids with an unknown id.
     let bot = fake.bot_user_id().to_string();
-    c.send(json!({"op": 8, "d": {"guild_id": guild_id.to_string(), "user_ids": [bot, "42"], "nonce": "n-2"}}))
-        .await;
+    c.send(json!({"op": 8, "d": {"guild_id": guild_id.to_string(), "user_ids": [bot, "42"], "nonce": "n-2"}})).await;
     let d = c.recv_dispatch("GUILD_MEMBERS_CHUNK").await["d"].clone();
     assert_eq!(d["nonce"], "n-2");
     assert_eq!(d["members"].as_array().unwrap().len(), 1);
@@ -531,8 +452,7 @@ async fn voice_presence_and_soundboard_commands() {
     c.identify(&fake, 0, 4).await;
     let guild_id = fake.guild_ids_for_shard(0, 4)[0];
     let channel = fake.generator().voice_channel_id(0);
-    c.send(json!({"op": 3, "d": {"since": null, "activities": [], "status": "dnd", "afk": false}}))
-        .await;
+    c.send(json!({"op": 3, "d": {"since": null, "activities": [], "status": "dnd", "afk": false}})).await;
     c.send(json!({"op": 4, "d": {"guild_id": guild_id.to_string(), "channel_id": channel.to_string(), "self_mute": true, "self_deaf": false}}))
         .await;
     let vs = c.recv_dispatch("VOICE_STATE_UPDATE").await;
@@ -541,13 +461,9 @@ async fn voice_presence_and_soundboard_commands() {
     assert!(matches!(twilight_event(&vs), GatewayEvent::Dispatch(..)));
     let server = c.recv_dispatch("VOICE_SERVER_UPDATE").await;
     assert_eq!(server["d"]["guild_id"], guild_id.to_string());
-    assert!(matches!(
-        twilight_event(&server),
-        GatewayEvent::Dispatch(..)
-    ));
+    assert!(matches!(twilight_event(&server), GatewayEvent::Dispatch(..)));
 
-    c.send(json!({"op": 31, "d": {"guild_ids": [guild_id.to_string()]}}))
-        .await;
+    c.send(json!({"op": 31, "d": {"guild_ids": [guild_id.to_string()]}})).await;
     let sounds = c.recv_dispatch("SOUNDBOARD_SOUNDS").await;
     assert!(sounds["d"]["soundboard_sounds"].is_array());
 
@@ -567,11 +483,7 @@ async fn too_many_payloads_close_4008() {
 
 #[tokio::test]
 async fn missing_heartbeats_close_4009() {
-    let fake = start(FakeConfig {
-        heartbeat_interval_ms: 50,
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = start(FakeConfig { heartbeat_interval_ms: 50, ..FakeConfig::default() }).await;
     let mut c = Client::connect(&fake).await;
     c.identify(&fake, 0, 4).await;
     c.expect_close(4009).await;
@@ -580,12 +492,7 @@ async fn missing_heartbeats_close_4009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_on_multi_thread_runtime() {
-    let fake = start(FakeConfig {
-        shards: 1,
-        guilds: 3,
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = start(FakeConfig { shards: 1, guilds: 3, ..FakeConfig::default() }).await;
     let mut c = Client::connect(&fake).await;
     // No shard field is fine for an unsharded bot.
     let mut p = identify_payload(fake.token(), 0, 1);
@@ -614,21 +521,18 @@ fn generated_payloads_deserialize_with_twilight() {
     for i in 0..12 {
         for presences in [false, true] {
             let d = g.guild_create(i, presences, 50);
-            let guild: twilight_model::guild::Guild =
-                serde_json::from_value(d.clone()).expect("large guild");
+            let guild: twilight_model::guild::Guild = serde_json::from_value(d.clone()).expect("large guild");
             assert!(guild.large);
             assert_eq!(guild.member_count, Some(300));
         }
         let msg: twilight_model::channel::Message =
-            serde_json::from_value(g.message_create(i, 3, 1, 1_234_567_890_123_456_789, "hi"))
-                .expect("message");
+            serde_json::from_value(g.message_create(i, 3, 1, 1_234_567_890_123_456_789, "hi")).expect("message");
         assert_eq!(msg.content, "hi");
         let typing: twilight_model::gateway::payload::incoming::TypingStart =
             serde_json::from_value(g.typing_start(i, 2, 1_700_000_000)).expect("typing");
         assert_eq!(typing.guild_id.map(|g| g.get()), Some(g.guild_id(i)));
         for m in 0..5 {
-            let _: twilight_model::guild::Member =
-                serde_json::from_value(g.member(i, m)).expect("member");
+            let _: twilight_model::guild::Member = serde_json::from_value(g.member(i, m)).expect("member");
         }
     }
 }
@@ -644,20 +548,12 @@ async fn demo_events_reach_connected_shards() {
     while messages < 3 || typing < 1 {
         let p = c.recv().await.payload();
         match twilight_event(&p) {
-            GatewayEvent::Dispatch(
-                _,
-                twilight_model::gateway::event::DispatchEvent::MessageCreate(m),
-            ) => {
+            GatewayEvent::Dispatch(_, twilight_model::gateway::event::DispatchEvent::MessageCreate(m)) => {
                 assert!(m.content.starts_with("hello from the fake discord #"));
-                assert!(fake
-                    .guild_ids_for_shard(2, 4)
-                    .contains(&m.guild_id.unwrap().get()));
+                assert!(fake.guild_ids_for_shard(2, 4).contains(&m.guild_id.unwrap().get()));
                 messages += 1;
             }
-            GatewayEvent::Dispatch(
-                _,
-                twilight_model::gateway::event::DispatchEvent::TypingStart(_),
-            ) => typing += 1,
+            GatewayEvent::Dispatch(_, twilight_model::gateway::event::DispatchEvent::TypingStart(_)) => typing += 1,
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -5,19 +5,14 @@
 use std::time::Duration;
 
 use fake_discord::{FakeConfig, FakeDiscord};
-use twilight_gateway::{
-    ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _,
-};
+use twilight_gateway::{ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _};
 
 async fn next_event(shard: &mut Shard) -> Event {
     loop {
-        let item = tokio::time::timeout(
-            Duration::from_secs(10),
-            shard.next_event(EventTypeFlags::all()),
-        )
-        .await
-        .expect("timed out waiting for a twilight event")
-        .expect("shard stream ended");
+        let item = tokio::time::timeout(Duration::from_secs(10), shard.next_event(EventTypeFlags::all()))
+            .await
+            .expect("timed out waiting for a twilight event")
+            .expect("shard stream ended");
         match item {
             Ok(event) => return event,
             Err(e) => eprintln!("twilight receive error (reconnects): {e}"),
@@ -27,18 +22,10 @@ async fn next_event(shard: &mut Shard) -> Event {
 
 #[tokio::test]
 async fn twilight_gateway_identifies_receives_and_resumes() {
-    let fake = FakeDiscord::start(FakeConfig {
-        unavailable_guilds: 1,
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = FakeDiscord::start(FakeConfig { unavailable_guilds: 1, ..FakeConfig::default() }).await.unwrap();
     let config = ConfigBuilder::new(
         fake.token().to_owned(),
-        Intents::GUILDS
-            | Intents::GUILD_MESSAGES
-            | Intents::GUILD_PRESENCES
-            | Intents::GUILD_MEMBERS,
+        Intents::GUILDS | Intents::GUILD_MESSAGES | Intents::GUILD_PRESENCES | Intents::GUILD_MEMBERS,
     )
     .proxy_url(fake.gateway_url())
     .build();
@@ -69,13 +56,8 @@ async fn twilight_gateway_identifies_receives_and_resumes() {
     let generator = fake.generator();
     let guild_id = fake.guild_ids_for_shard(3, 4)[0];
     let i = generator.guild_index(guild_id).unwrap();
-    let msg = generator.message_create(
-        i,
-        1,
-        0,
-        fake_discord::payloads::now_snowflake(1),
-        "hello from the fake discord #1",
-    );
+    let msg =
+        generator.message_create(i, 1, 0, fake_discord::payloads::now_snowflake(1), "hello from the fake discord #1");
     assert!(fake.inject(3, "MESSAGE_CREATE", msg).is_some());
     let seen = loop {
         if let Event::MessageCreate(m) = next_event(&mut shard).await {
@@ -89,13 +71,7 @@ async fn twilight_gateway_identifies_receives_and_resumes() {
     // Abrupt drop: twilight resumes and gets what it missed, then RESUMED.
     assert!(fake.drop_connection(3));
     for n in 2..4 {
-        let msg = generator.message_create(
-            i,
-            2,
-            1,
-            fake_discord::payloads::now_snowflake(n),
-            &format!("missed #{n}"),
-        );
+        let msg = generator.message_create(i, 2, 1, fake_discord::payloads::now_snowflake(n), &format!("missed #{n}"));
         fake.inject(3, "MESSAGE_CREATE", msg);
     }
     let mut missed = Vec::new();

@@ -64,12 +64,7 @@ impl Client {
         } else {
             Decoder::Plain
         };
-        Client {
-            ws,
-            decoder,
-            raw_frames: Vec::new(),
-            last_text: String::new(),
-        }
+        Client { ws, decoder, raw_frames: Vec::new(), last_text: String::new() }
     }
 
     /// Connects with `?v=10&encoding=json` and reads Hello.
@@ -90,9 +85,8 @@ impl Client {
 
     pub async fn recv(&mut self) -> Got {
         loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("timed out waiting for a gateway message");
+            let msg =
+                tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("timed out waiting for a gateway message");
             match msg {
                 None | Some(Err(_)) => return Got::Ended,
                 Some(Ok(Message::Text(t))) => {
@@ -106,9 +100,7 @@ impl Client {
                         return Got::Payload(serde_json::from_str(&self.last_text).expect("json"));
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    return Got::Closed(frame.map(|f| u16::from(f.code)))
-                }
+                Some(Ok(Message::Close(frame))) => return Got::Closed(frame.map(|f| u16::from(f.code))),
                 Some(Ok(_)) => {}
             }
         }
@@ -119,9 +111,7 @@ impl Client {
             Decoder::Plain => {
                 // Identify `compress: true`: each payload is a whole zlib stream.
                 let mut out = Vec::new();
-                flate2::read::ZlibDecoder::new(b)
-                    .read_to_end(&mut out)
-                    .unwrap();
+                flate2::read::ZlibDecoder::new(b).read_to_end(&mut out).unwrap();
                 Some(out)
             }
             Decoder::Zlib(inflater, buf) => {
@@ -136,12 +126,8 @@ impl Client {
                     if out.capacity() - out.len() < 4096 {
                         out.reserve(64 * 1024);
                     }
-                    inflater
-                        .decompress_vec(&buf[consumed..], &mut out, flate2::FlushDecompress::Sync)
-                        .unwrap();
-                    if (inflater.total_in() - before) as usize == buf.len()
-                        && out.capacity() > out.len()
-                    {
+                    inflater.decompress_vec(&buf[consumed..], &mut out, flate2::FlushDecompress::Sync).unwrap();
+                    if (inflater.total_in() - before) as usize == buf.len() && out.capacity() > out.len() {
                         break;
                     }
                 }
@@ -193,21 +179,12 @@ impl Client {
 
     /// Identifies as `[shard, n]` and reads READY plus every GUILD_CREATE of
     /// the shard's available guilds. Returns (READY, GUILD_CREATEs).
-    pub async fn identify(
-        &mut self,
-        fake: &FakeDiscord,
-        shard: u32,
-        n: u32,
-    ) -> (Value, Vec<Value>) {
+    pub async fn identify(&mut self, fake: &FakeDiscord, shard: u32, n: u32) -> (Value, Vec<Value>) {
         self.send(identify_payload(fake.token(), shard, n)).await;
         let ready = self.recv().await.payload();
         assert_eq!(ready["t"], "READY", "{ready}");
         let available = fake.available_guild_ids();
-        let expected = fake
-            .guild_ids_for_shard(shard, n)
-            .into_iter()
-            .filter(|g| available.contains(g))
-            .count();
+        let expected = fake.guild_ids_for_shard(shard, n).into_iter().filter(|g| available.contains(g)).count();
         let mut guilds = Vec::new();
         for _ in 0..expected {
             let p = self.recv().await.payload();
@@ -232,18 +209,13 @@ pub fn identify_payload(token: &str, shard: u32, n: u32) -> Value {
 }
 
 pub async fn start(config: FakeConfig) -> FakeDiscord {
-    FakeDiscord::start(config)
-        .await
-        .expect("start fake discord")
+    FakeDiscord::start(config).await.expect("start fake discord")
 }
 
 /// Sends one HTTP request over a raw socket; returns (status, JSON body).
 pub async fn http_get(fake: &FakeDiscord, path: &str, auth: Option<&str>) -> (u16, Value) {
     let api = fake.api_url();
-    let hostport = api
-        .strip_prefix("http://")
-        .and_then(|r| r.split('/').next())
-        .unwrap();
+    let hostport = api.strip_prefix("http://").and_then(|r| r.split('/').next()).unwrap();
     let mut stream = TcpStream::connect(hostport).await.unwrap();
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: keep-alive\r\n");
     if let Some(a) = auth {
@@ -261,11 +233,7 @@ pub async fn http_get(fake: &FakeDiscord, path: &str, auth: Option<&str>) -> (u1
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     let len: usize = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
         .unwrap();
     assert_eq!(len, body.len());
     (status, serde_json::from_str(body).unwrap())
