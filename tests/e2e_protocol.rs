@@ -313,3 +313,15 @@ async fn commands_are_forwarded_to_the_owning_shard() {
     assert!(fake.wait_until(WAIT, |f| f.commands(1).iter().any(|cmd| cmd["op"] == 3)).await, "op 3 was not forwarded");
     assert!(fake.commands(0).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_payloads_is_closed_with_4008() {
+    let (fake, proxy) = setup(1, 1, json!({})).await;
+    let mut c = client(&proxy).await;
+    c.identify_and_load(fake.token(), 0, 1).await;
+    for _ in 0..130 {
+        c.send(json!({"op": 1, "d": null})).await;
+    }
+    c.expect_close(4008).await;
+    assert_eq!(fake.identify_count(), 1);
+}

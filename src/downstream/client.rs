@@ -18,6 +18,7 @@ use super::{
 use crate::{
     hub::{ShardStatus, Subscriber},
     runtime::Core,
+    upstream::ratelimit::{self, SendLimiter},
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -41,6 +42,8 @@ pub struct Handover {
     reader: FrameReader,
     frames: FrameWriter,
     identify: ValidIdentify,
+    /// Discord's 120 payloads / 60 s, counted from the connection's start.
+    limiter: SendLimiter,
 }
 
 fn unique_session_id() -> String {
@@ -76,7 +79,10 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, lef
         return;
     }
     log::debug!("{peer}: websocket open on core {}", core.index);
-    let Some(identify) = pre_identify(&core, &mut stream, &mut reader, &mut frames, leftover, &peer).await else {
+    let mut limiter = SendLimiter::with_budget(ratelimit::LIMIT);
+    let Some(identify) =
+        pre_identify(&core, &mut stream, &mut reader, &mut frames, &mut limiter, leftover, &peer).await
+    else {
         return;
     };
     if identify.compress && !transport_compressed {
@@ -88,7 +94,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, lef
     // SAFETY: dup of an open descriptor; the result is owned by OwnedFd.
     let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(stream.as_raw_fd())) };
     drop(stream);
-    let handover = Handover { fd, peer, reader, frames, identify };
+    let handover = Handover { fd, peer, reader, frames, identify, limiter };
     if owner == core.index {
         adopt(core, handover).await;
     } else {
@@ -105,6 +111,7 @@ async fn pre_identify(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
     frames: &mut FrameWriter,
+    limiter: &mut SendLimiter,
     mut input: Vec<u8>,
     peer: &str,
 ) -> Option<ValidIdentify> {
@@ -114,7 +121,11 @@ async fn pre_identify(
         let mut out = Vec::new();
         let mut actions = Vec::new();
         let result = reader.feed(&input, &mut out, |msg| {
-            let action = identify::classify(&message_bytes(&msg), false, &core.shared);
+            let action = if limiter.try_command(Instant::now()) {
+                identify::classify(&message_bytes(&msg), false, &core.shared)
+            } else {
+                Action::Close(4008, "rate limited: more than 120 payloads in 60 s".into())
+            };
             let stop = matches!(action, Action::Identify(_) | Action::Close(..));
             actions.push(action);
             !stop
@@ -194,7 +205,7 @@ enum Wake {
 
 /// Serves an identified client on the core that owns its shard.
 pub async fn adopt(core: Rc<Core>, handover: Handover) {
-    let Handover { fd, peer, mut reader, frames, identify } = handover;
+    let Handover { fd, peer, mut reader, frames, identify, mut limiter } = handover;
     let Some(hub) = core.hubs.get(&identify.shard).cloned() else {
         log::error!("{peer}: shard {} handed to core {} which does not own it", identify.shard, core.index);
         return;
@@ -244,7 +255,11 @@ pub async fn adopt(core: Rc<Core>, handover: Handover) {
         let mut actions = Vec::new();
         let result = reader.feed(&input, &mut replies, |msg| {
             let bytes = message_bytes(&msg);
-            let action = identify::classify(&bytes, true, &core.shared);
+            let action = if limiter.try_command(Instant::now()) {
+                identify::classify(&bytes, true, &core.shared)
+            } else {
+                Action::Close(4008, "rate limited: more than 120 payloads in 60 s".into())
+            };
             let stop = matches!(action, Action::Close(..));
             actions.push((action, bytes));
             !stop

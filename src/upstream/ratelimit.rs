@@ -15,12 +15,25 @@ pub const LIMIT: usize = 120;
 pub const RESERVED: usize = 10;
 
 /// Send timestamps of one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendLimiter {
     sent: VecDeque<Instant>,
+    budget: usize,
+}
+
+impl Default for SendLimiter {
+    /// The limiter for client commands sent to Discord.
+    fn default() -> Self {
+        Self::with_budget(LIMIT - RESERVED)
+    }
 }
 
 impl SendLimiter {
+    /// A limiter allowing `budget` payloads per window through [`Self::try_command`].
+    pub fn with_budget(budget: usize) -> Self {
+        Self { sent: VecDeque::new(), budget }
+    }
+
     fn prune(&mut self, now: Instant) {
         while self.sent.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             self.sent.pop_front();
@@ -36,7 +49,7 @@ impl SendLimiter {
     /// Takes a command slot if one is free now.
     pub fn try_command(&mut self, now: Instant) -> bool {
         self.prune(now);
-        if self.sent.len() < LIMIT - RESERVED {
+        if self.sent.len() < self.budget {
             self.sent.push_back(now);
             true
         } else {
@@ -46,7 +59,7 @@ impl SendLimiter {
 
     /// When the next command slot frees up.
     pub fn next_free(&self) -> Option<Instant> {
-        let over = (self.sent.len() + 1).checked_sub(LIMIT - RESERVED)?;
+        let over = (self.sent.len() + 1).checked_sub(self.budget)?;
         self.sent.get(over.saturating_sub(1)).map(|t| *t + WINDOW)
     }
 }

@@ -51,7 +51,9 @@ async fn shard_count(http: &str) -> Result<u32, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = http.trim_start_matches("http://").trim_end_matches('/');
     let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.write_all(format!("GET /shard-count HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /shard-count HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
     out.rsplit("\r\n\r\n").next().unwrap_or("").trim().parse().map_err(|_| format!("unexpected answer {out:?}"))
@@ -114,7 +116,11 @@ async fn run_shard(url: String, token: String, shard: u32, total: u32) {
                 );
             }
             (Some(0), Some("MESSAGE_CREATE")) => {
-                println!("[shard {shard}] seq {:>3} MESSAGE_CREATE: {}", v["s"], v["d"]["content"].as_str().unwrap_or(""));
+                println!(
+                    "[shard {shard}] seq {:>3} MESSAGE_CREATE: {}",
+                    v["s"],
+                    v["d"]["content"].as_str().unwrap_or("")
+                );
             }
             (Some(0), Some(t)) => println!("[shard {shard}] seq {:>3} {t}", v["s"]),
             _ => {}
