@@ -238,19 +238,7 @@ async fn fatal_close_code_stops_only_that_shard() {
     fake.fail_next_identify(1, 4014);
     let mut proxy = Proxy::start(&fake, json!({})).await;
     assert!(fake.wait_until(WAIT, |f| f.connected(0)).await);
-    let ok = {
-        let proxy = &proxy;
-        let mut ok = false;
-        for _ in 0..100 {
-            if !proxy.log_lines("fatal code 4014").is_empty() {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        ok
-    };
-    assert!(ok, "the fatal close was not reported");
+    assert!(proxy.wait_log("fatal code 4014").await, "the fatal close was not reported");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.identify_count_for(1), 1, "a fatal code is not retried");
     assert!(proxy.is_running(), "a fatal shard must not crash the process");
@@ -324,4 +312,20 @@ async fn a_client_flooding_payloads_is_closed_with_4008() {
     }
     c.expect_close(4008).await;
     assert_eq!(fake.identify_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_stream_clients_get_one_flushed_zstd_stream() {
+    let (fake, proxy) = setup(1, 2, json!({})).await;
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json&compress=zstd-stream").await;
+    assert_eq!(c.payload().await["op"], 10, "Hello is compressed too");
+    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 1, "shard": [0, 1], "properties": {}}})).await;
+    let ready = c.dispatch().await;
+    assert_eq!(ready["t"], "READY");
+    for _ in 0..ready["d"]["guilds"].as_array().unwrap().len() {
+        assert_eq!(c.dispatch().await["t"], "GUILD_CREATE");
+    }
+    let guild = fake.guild_ids_for_shard(0, 1)[0];
+    fake.inject(0, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), 1, "zstd")).unwrap();
+    assert_eq!(c.dispatch().await["d"]["content"], "zstd");
 }

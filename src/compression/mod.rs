@@ -1,3 +1,4 @@
 //! Transport compression towards clients.
 
 pub mod zlib_stream;
+pub mod zstd_stream;

@@ -68,6 +68,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, lef
     };
     let encoding = match query.compress.as_deref() {
         Some("zlib-stream") => Encoding::ZlibStream(Box::default()),
+        Some("zstd-stream") => Encoding::ZstdStream(Box::default()),
         _ => Encoding::Json,
     };
     let transport_compressed = !matches!(encoding, Encoding::Json);

@@ -6,7 +6,7 @@
 //! tungstenite's [`FrameHeader`] and the payload directly into its output
 //! buffer, splicing each client's sequence number without extra copies.
 
-use crate::compression::zlib_stream::ZlibStream;
+use crate::compression::{zlib_stream::ZlibStream, zstd_stream::ZstdStream};
 use std::io::{self, Read, Write};
 use tungstenite::protocol::{
     frame::{
@@ -27,6 +27,8 @@ pub enum Encoding {
     Json,
     /// One zlib stream for the whole connection, binary frames.
     ZlibStream(Box<ZlibStream>),
+    /// One zstd stream for the whole connection, each message flushed; binary frames.
+    ZstdStream(Box<ZstdStream>),
     /// Identify `compress: true`: every message a complete zlib stream of its own.
     ZlibMessage(Box<flate2::Compress>),
 }
@@ -61,6 +63,12 @@ impl FrameWriter {
                 }
             }
             Encoding::ZlibStream(z) => {
+                self.scratch.clear();
+                z.compress(parts, &mut self.scratch);
+                header(OpCode::Data(Data::Binary), self.scratch.len(), out);
+                out.extend_from_slice(&self.scratch);
+            }
+            Encoding::ZstdStream(z) => {
                 self.scratch.clear();
                 z.compress(parts, &mut self.scratch);
                 header(OpCode::Data(Data::Binary), self.scratch.len(), out);

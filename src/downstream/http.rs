@@ -124,12 +124,12 @@ pub fn parse_query(query: &str) -> Result<GatewayQuery, QueryError> {
                 })
             }
             "compress" => match v {
-                "zlib-stream" => compress = Some(v.to_owned()),
+                "zlib-stream" | "zstd-stream" => compress = Some(v.to_owned()),
                 "" => {}
                 _ => {
                     return Err(QueryError {
                         code: 4002,
-                        reason: format!("compress={v} is not supported: use compress=zlib-stream or none"),
+                        reason: format!("compress={v} is not supported: use zlib-stream, zstd-stream or none"),
                     })
                 }
             },
@@ -165,5 +165,6 @@ mod tests {
         assert_eq!(parse_query("encoding=etf").unwrap_err().code, 4002);
         assert_eq!(parse_query("v=3").unwrap_err().code, 4012);
         assert_eq!(parse_query("compress=zstd").unwrap_err().code, 4002);
+        assert_eq!(parse_query("compress=zstd-stream").unwrap().compress.as_deref(), Some("zstd-stream"));
     }
 }

@@ -95,6 +95,18 @@ impl Proxy {
         self.child.wait().ok().and_then(|s| s.code())
     }
 
+    /// Waits (up to WAIT) for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if !self.log_lines(needle).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// The log lines containing `needle`.
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
@@ -138,6 +150,7 @@ pub async fn wait_connected(fake: &FakeDiscord, proxy: &Proxy, shards: std::ops:
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     inflater: Option<flate2::Decompress>,
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
     /// Raw frames received, for compression checks.
     pub binary_frames: Vec<Vec<u8>>,
     pending: Vec<u8>,
@@ -159,7 +172,8 @@ impl Client {
     pub async fn connect(url: &str, query: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(format!("{url}{query}")).await.expect("websocket connects");
         let inflater = query.contains("zlib-stream").then(|| flate2::Decompress::new(true));
-        Client { ws, inflater, binary_frames: Vec::new(), pending: Vec::new() }
+        let zstd = query.contains("zstd-stream").then(|| zstd::stream::raw::Decoder::new().unwrap());
+        Client { ws, inflater, zstd, binary_frames: Vec::new(), pending: Vec::new() }
     }
 
     /// Sends a JSON payload.
@@ -188,6 +202,22 @@ impl Client {
             };
             match msg {
                 Message::Text(t) => return Some(Received::Payload(serde_json::from_str(&t).expect("valid JSON"))),
+                Message::Binary(b) if self.zstd.is_some() => {
+                    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                    let decoder = self.zstd.as_mut().unwrap();
+                    let mut out: Vec<u8> = Vec::with_capacity(b.len() * 8 + 4096);
+                    let mut input = InBuffer::around(&b);
+                    loop {
+                        let pos = out.len();
+                        let mut output = OutBuffer::around_pos(&mut out, pos);
+                        decoder.run(&mut input, &mut output).expect("zstd frame decodes");
+                        if input.pos() == b.len() && out.len() < out.capacity() {
+                            break;
+                        }
+                        out.reserve(out.capacity());
+                    }
+                    return Some(Received::Payload(serde_json::from_slice(&out).expect("decoded JSON")));
+                }
                 Message::Binary(b) => {
                     self.binary_frames.push(b.to_vec());
                     self.pending.extend_from_slice(&b);
