@@ -134,6 +134,11 @@ struct RawConfig {
     api_url: String,
     gateway_url: Option<String>,
     identify_timeout_secs: u64,
+    session_ttl: u64,
+    heartbeat_interval: u64,
+    replay_buffer: usize,
+    max_sessions: usize,
+    compression: bool,
     #[serde(flatten)]
     unknown: serde_json::Map<String, serde_json::Value>,
 }
@@ -159,6 +164,11 @@ impl Default for RawConfig {
             api_url: DEFAULT_API_URL.into(),
             gateway_url: None,
             identify_timeout_secs: 30,
+            session_ttl: 180,
+            heartbeat_interval: 41_250,
+            replay_buffer: 10_000,
+            max_sessions: 64,
+            compression: true,
             unknown: Default::default(),
         }
     }
@@ -203,6 +213,16 @@ pub struct Config {
     pub gateway_url: Option<String>,
     /// Seconds a client has to Identify after the upgrade.
     pub identify_timeout_secs: u64,
+    /// Seconds a disconnected client session stays resumable.
+    pub session_ttl: u64,
+    /// Heartbeat interval (ms) told to clients in Hello; silent clients are closed after twice this.
+    pub heartbeat_interval: u64,
+    /// Dispatches kept per shard for client RESUME (0 disables client resume).
+    pub replay_buffer: usize,
+    /// Client sessions kept per shard; beyond it the longest-disconnected is dropped.
+    pub max_sessions: usize,
+    /// Whether transport compression is offered to clients (false: plain JSON whatever they ask).
+    pub compression: bool,
     /// Keys present in the file that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -252,6 +272,12 @@ impl Config {
         if raw.cores == Some(0) {
             return Err(invalid("cores", "must be at least 1 (or omit it to use every core)"));
         }
+        if raw.heartbeat_interval < 1000 {
+            return Err(invalid("heartbeat_interval", "must be at least 1000 (milliseconds)"));
+        }
+        if raw.max_sessions == 0 {
+            return Err(invalid("max_sessions", "must be at least 1"));
+        }
         if raw.identify_timeout_secs == 0 {
             return Err(invalid("identify_timeout_secs", "must be at least 1"));
         }
@@ -285,6 +311,11 @@ impl Config {
             api_url: raw.api_url.trim_end_matches('/').to_owned(),
             gateway_url: raw.gateway_url.map(|u| u.trim_end_matches('/').to_owned()),
             identify_timeout_secs: raw.identify_timeout_secs,
+            session_ttl: raw.session_ttl,
+            heartbeat_interval: raw.heartbeat_interval,
+            replay_buffer: raw.replay_buffer,
+            max_sessions: raw.max_sessions,
+            compression: raw.compression,
             unknown_keys: raw.unknown.keys().cloned().collect(),
         })
     }

@@ -1,22 +1,24 @@
 //! A client connection, from the websocket upgrade to its end.
 //!
-//! Before Identify the connection lives on whichever core accepted it: it
-//! gets Hello, its heartbeats are ACKed, and its Identify is validated. The
-//! Identify names a shard; if another core owns that shard, the socket and
-//! its websocket state are handed over through the core mesh, so that for
-//! the rest of its life the client is served on its shard's core and every
-//! event reaches it without a cross-core hop.
+//! Before Identify (or Resume) the connection lives on whichever core
+//! accepted it: it gets Hello, its heartbeats are ACKed, and its Identify or
+//! Resume is validated. Both name a shard (a session id carries its shard);
+//! if another core owns that shard, the socket and its websocket state are
+//! handed over through the core mesh, so that for the rest of its life the
+//! client is served on its shard's core and every event reaches it without a
+//! cross-core hop.
 
 use super::{
-    frames::{Encoding, FrameReader, FrameWriter, ReadError},
+    frames::{Encoding, FrameReader, FrameWriter, Message, ReadError},
     http::{self, RequestHead},
-    identify::{self, Action, ValidIdentify},
+    identify::{self, Action, ResumeRequest, ValidIdentify},
     outgoing::Outgoing,
     queue::ClientQueue,
     writer,
 };
 use crate::{
-    hub::{ShardStatus, Subscriber},
+    hub::{routing::VoiceAnswer, Attached, ResumeError, ShardHub, ShardStatus},
+    protocol::{dispatch::Dispatch, op},
     runtime::Core,
     upstream::ratelimit::{self, SendLimiter},
 };
@@ -28,26 +30,58 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Heartbeat interval told to clients in Hello (Discord's value).
-pub const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
-
-const HELLO: &[u8] = b"{\"t\":null,\"s\":null,\"op\":10,\"d\":{\"heartbeat_interval\":41250}}";
 const ACK: &[u8] = b"{\"t\":null,\"s\":null,\"op\":11,\"d\":null}";
 const INVALID_SESSION: &[u8] = b"{\"t\":null,\"s\":null,\"op\":9,\"d\":false}";
+const HEARTBEAT_REQUEST: &[u8] = b"{\"t\":null,\"s\":null,\"op\":1,\"d\":null}";
 
-/// A client connection moving to the core that owns its shard.
-pub struct Handover {
+/// What an accepted client asked for.
+#[derive(Debug)]
+pub enum Intent {
+    /// A new session.
+    Identify(ValidIdentify),
+    /// Continue a session.
+    Resume(ResumeRequest),
+}
+
+impl Intent {
+    fn shard(&self) -> u32 {
+        match self {
+            Self::Identify(v) => v.shard,
+            Self::Resume(r) => r.shard,
+        }
+    }
+}
+
+/// A connection between the upgrade and its session: everything needed to
+/// continue it, on this core or another.
+pub struct PendingConn {
     fd: OwnedFd,
     peer: String,
     reader: FrameReader,
     frames: FrameWriter,
-    identify: ValidIdentify,
     /// Discord's 120 payloads / 60 s, counted from the connection's start.
     limiter: SendLimiter,
+    /// Bytes read but not yet fed to the websocket reader.
+    input: Vec<u8>,
+    /// Whether the client chose transport compression (then `compress: true` is ignored).
+    transport_compressed: bool,
+    /// Payloads received while waiting for the shard's READY, handled once attached.
+    held: Vec<Vec<u8>>,
 }
 
-fn unique_session_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// A connection moving to the core that owns its shard.
+pub struct Handover {
+    conn: PendingConn,
+    intent: Intent,
+}
+
+fn hello(interval_ms: u64) -> Vec<u8> {
+    format!("{{\"t\":null,\"s\":null,\"op\":10,\"d\":{{\"heartbeat_interval\":{interval_ms}}}}}").into_bytes()
+}
+
+/// A glommio stream over a duplicate of `fd` (the original stays with the caller).
+fn stream_of(fd: &OwnedFd) -> Option<TcpStream> {
+    stream_of_raw(fd.as_raw_fd())
 }
 
 /// Serves a connection whose request head asked for a websocket upgrade.
@@ -67,80 +101,105 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, lef
         }
     };
     let encoding = match query.compress.as_deref() {
+        _ if !core.shared.config.compression => Encoding::Json,
         Some("zlib-stream") => Encoding::ZlibStream(Box::default()),
         Some("zstd-stream") => Encoding::ZstdStream(Box::default()),
         _ => Encoding::Json,
     };
-    let transport_compressed = !matches!(encoding, Encoding::Json);
+    let transport_compressed = !matches!(encoding, Encoding::Json) || !core.shared.config.compression;
     let mut frames = FrameWriter::new(encoding);
-    let mut reader = FrameReader::new();
     let mut out = Vec::with_capacity(256);
-    frames.message(&[HELLO], &mut out);
+    frames.message(&[&hello(core.shared.config.heartbeat_interval)], &mut out);
     if stream.write_all(&out).await.is_err() {
         return;
     }
     log::debug!("{peer}: websocket open on core {}", core.index);
-    let mut limiter = SendLimiter::with_budget(ratelimit::LIMIT);
-    let Some(identify) =
-        pre_identify(&core, &mut stream, &mut reader, &mut frames, &mut limiter, leftover, &peer).await
-    else {
-        return;
-    };
-    if identify.compress && !transport_compressed {
-        frames =
-            FrameWriter::new(Encoding::ZlibMessage(Box::new(flate2::Compress::new(flate2::Compression::fast(), true))));
-    }
-    let owner = core.shared.core_of(identify.shard);
-    // Keep the socket alive past `stream`'s drop: the duplicate descriptor travels on.
-    // SAFETY: dup of an open descriptor; the result is owned by OwnedFd.
+    // SAFETY: dup of an open descriptor; the copy outlives `stream`.
     let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(stream.as_raw_fd())) };
     drop(stream);
-    let handover = Handover { fd, peer, reader, frames, identify, limiter };
-    if owner == core.index {
-        adopt(core, handover).await;
-    } else {
-        log::debug!("{}: shard {} is on core {owner}; handing over", handover.peer, handover.identify.shard);
-        if core.mesh.send_to(owner, handover).await.is_err() {
-            log::error!("core {owner} is gone; dropping a handed-over connection");
+    let conn = PendingConn {
+        fd,
+        peer,
+        reader: FrameReader::new(),
+        frames,
+        limiter: SendLimiter::with_budget(ratelimit::LIMIT),
+        input: leftover,
+        transport_compressed,
+        held: Vec::new(),
+    };
+    drive(core, conn, None).await;
+}
+
+/// Serves a connection handed over by another core.
+pub async fn adopt(core: Rc<Core>, handover: Handover) {
+    drive(core, handover.conn, Some(handover.intent)).await;
+}
+
+/// Takes a pending connection to its session: waits for Identify/Resume,
+/// moves to the owning core, and serves it there.
+async fn drive(core: Rc<Core>, mut conn: PendingConn, mut intent: Option<Intent>) {
+    loop {
+        let next = match intent.take() {
+            Some(i) => i,
+            None => match pre_identify(&core, &mut conn).await {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let owner = core.shared.core_of(next.shard());
+        if owner != core.index {
+            log::debug!("{}: shard {} is on core {owner}; handing over", conn.peer, next.shard());
+            if core.mesh.send_to(owner, Handover { conn, intent: next }).await.is_err() {
+                log::error!("core {owner} is gone; dropping a handed-over connection");
+            }
+            return;
+        }
+        match serve_session(&core, conn, next).await {
+            Ok(()) => return,
+            Err((back, reason)) => {
+                log::info!("{}: resume refused ({reason:?}); sending Invalid Session", back.peer);
+                conn = back;
+                let mut out = Vec::new();
+                conn.frames.message(&[INVALID_SESSION], &mut out);
+                let Some(mut stream) = stream_of(&conn.fd) else { return };
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Runs until the client has identified; `None` when the connection ended.
-async fn pre_identify(
-    core: &Core,
-    stream: &mut TcpStream,
-    reader: &mut FrameReader,
-    frames: &mut FrameWriter,
-    limiter: &mut SendLimiter,
-    mut input: Vec<u8>,
-    peer: &str,
-) -> Option<ValidIdentify> {
+/// Runs until the client has sent a valid Identify or Resume; `None` when the connection ended.
+async fn pre_identify(core: &Core, conn: &mut PendingConn) -> Option<Intent> {
+    let mut stream = stream_of(&conn.fd)?;
     let deadline = Instant::now() + Duration::from_secs(core.shared.config.identify_timeout_secs);
     let mut chunk = vec![0u8; 8192];
     loop {
         let mut out = Vec::new();
         let mut actions = Vec::new();
-        let result = reader.feed(&input, &mut out, |msg| {
+        let input = std::mem::take(&mut conn.input);
+        let limiter = &mut conn.limiter;
+        let result = conn.reader.feed(&input, &mut out, |msg| {
             let action = if limiter.try_command(Instant::now()) {
                 identify::classify(&message_bytes(&msg), false, &core.shared)
             } else {
                 Action::Close(4008, "rate limited: more than 120 payloads in 60 s".into())
             };
-            let stop = matches!(action, Action::Identify(_) | Action::Close(..));
+            let stop = matches!(action, Action::Identify(_) | Action::Resume(_) | Action::Close(..));
             actions.push(action);
             !stop
         });
-        input.clear();
         let mut outcome = None;
         for action in actions {
             match action {
-                Action::Ack => frames.message(&[ACK], &mut out),
-                Action::Resume => {
-                    log::info!("{peer}: resume of an unknown session; sending Invalid Session");
-                    frames.message(&[INVALID_SESSION], &mut out);
+                Action::Ack => conn.frames.message(&[ACK], &mut out),
+                Action::InvalidSession(reason) => {
+                    log::info!("{}: resume refused ({reason}); sending Invalid Session", conn.peer);
+                    conn.frames.message(&[INVALID_SESSION], &mut out);
                 }
-                Action::Identify(v) => outcome = Some(Ok(v)),
+                Action::Identify(v) => outcome = Some(Ok(Intent::Identify(v))),
+                Action::Resume(r) => outcome = Some(Ok(Intent::Resume(r))),
                 Action::Close(code, reason) => outcome = Some(Err((code, reason))),
                 Action::Command(_) => outcome = Some(Err((4003, "not authenticated".into()))),
             }
@@ -152,16 +211,16 @@ async fn pre_identify(
             Err(ReadError::Closed) => Some(Err((0, String::new()))),
         });
         match outcome {
-            Some(Ok(v)) => {
+            Some(Ok(intent)) => {
                 if !out.is_empty() && stream.write_all(&out).await.is_err() {
                     return None;
                 }
-                return Some(v);
+                return Some(intent);
             }
             Some(Err((code, reason))) => {
                 if code != 0 {
-                    log::info!("{peer}: closing with {code} ({reason})");
-                    frames.close(code, &reason, &mut out);
+                    log::info!("{}: closing with {code} ({reason})", conn.peer);
+                    conn.frames.close(code, &reason, &mut out);
                 }
                 let _ = stream.write_all(&out).await;
                 return None;
@@ -179,22 +238,22 @@ async fn pre_identify(
         .await;
         match read {
             None => {
-                log::info!("{peer}: no Identify within {}s; closing", core.shared.config.identify_timeout_secs);
+                log::info!("{}: no Identify within {}s; closing", conn.peer, core.shared.config.identify_timeout_secs);
                 let mut out = Vec::new();
-                frames.close(4009, "session timed out: no Identify", &mut out);
+                conn.frames.close(4009, "session timed out: no Identify", &mut out);
                 let _ = stream.write_all(&out).await;
                 return None;
             }
             Some(Ok(0)) | Some(Err(_)) => return None,
-            Some(Ok(n)) => input.extend_from_slice(&chunk[..n]),
+            Some(Ok(n)) => conn.input.extend_from_slice(&chunk[..n]),
         }
     }
 }
 
-fn message_bytes(msg: &super::frames::Message) -> Vec<u8> {
+fn message_bytes(msg: &Message) -> Vec<u8> {
     match msg {
-        super::frames::Message::Text(t) => t.as_bytes().to_vec(),
-        super::frames::Message::Binary(b) => b.to_vec(),
+        Message::Text(t) => t.as_bytes().to_vec(),
+        Message::Binary(b) => b.to_vec(),
         _ => Vec::new(),
     }
 }
@@ -202,60 +261,144 @@ fn message_bytes(msg: &super::frames::Message) -> Vec<u8> {
 enum Wake {
     Read(std::io::Result<usize>),
     StatusChanged,
+    Timer,
 }
 
-/// Serves an identified client on the core that owns its shard.
-pub async fn adopt(core: Rc<Core>, handover: Handover) {
-    let Handover { fd, peer, mut reader, frames, identify, mut limiter } = handover;
-    let Some(hub) = core.hubs.get(&identify.shard).cloned() else {
-        log::error!("{peer}: shard {} handed to core {} which does not own it", identify.shard, core.index);
-        return;
-    };
-    // Two descriptors of one socket: the reader and the writer each own a
-    // glommio stream, so neither waits on the other.
-    // SAFETY: dup of an open descriptor we own.
-    let write_fd = unsafe { libc::dup(fd.as_raw_fd()) };
-    if write_fd < 0 {
-        return;
-    }
-    // SAFETY: both descriptors are open and owned by the streams from here on.
-    let mut read_stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    // SAFETY: as above.
-    let write_stream = unsafe { TcpStream::from_raw_fd(write_fd) };
-    let conn = core.next_connection_id();
-    let queue = Rc::new(ClientQueue::new(core.shared.config.backpressure));
-    glommio::spawn_local(writer::run(queue.clone(), write_stream, frames, conn)).detach();
-    let session_id = unique_session_id();
-    log::info!("{peer}: identified for shard {} (client {conn}, core {})", identify.shard, core.index);
-
-    let mut attached = false;
+/// Before serving an Identify, waits for the shard's first READY from
+/// Discord, ACKing heartbeats meanwhile (identify pacing can make a big
+/// bot's last shards wait minutes). Payloads other than heartbeats stay
+/// buffered for after READY. Returns false when the connection is over.
+async fn wait_shard_ready(hub: &ShardHub, conn: &mut PendingConn) -> bool {
+    let Some(mut stream) = stream_of(&conn.fd) else { return false };
     let mut chunk = vec![0u8; 8192];
-    let mut input: Vec<u8> = Vec::new();
     loop {
-        if !attached {
-            match hub.status() {
-                ShardStatus::Failed(code) => {
-                    let _ = queue.push(Outgoing::Close(
-                        4000,
-                        format!("shard {} is stopped: Discord closed it with code {code}", hub.id),
-                    ));
-                    break;
-                }
-                _ if hub.has_ready() => {
-                    let sub = Subscriber { id: conn, queue: queue.clone(), fd: read_stream.as_raw_fd() };
-                    let snapshot = hub.attach(sub, &session_id, &core.shared.client_resume_url);
-                    log::debug!("client {conn}: READY with {} guild payloads", snapshot.len() - 1);
-                    let _ = queue.push(Outgoing::Snapshot(snapshot));
-                    attached = true;
-                }
-                _ => {}
+        match hub.status() {
+            ShardStatus::Failed(code) => {
+                let mut out = Vec::new();
+                let reason = format!("shard {} is stopped: Discord closed it with code {code}", hub.id);
+                log::info!("{}: {reason}", conn.peer);
+                conn.frames.close(4000, &reason, &mut out);
+                let _ = stream.write_all(&out).await;
+                return false;
             }
+            _ if hub.has_ready() => return true,
+            _ => {}
         }
-        // Process whatever is buffered (handover leftovers included) before reading more.
+        let wake = futures_lite::future::or(async { Wake::Read(stream.read(&mut chunk).await) }, async {
+            hub.status_changed().await;
+            Wake::StatusChanged
+        })
+        .await;
+        match wake {
+            Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return false,
+            Wake::Read(Ok(n)) => {
+                // Answer heartbeats now; keep everything else for the session.
+                let mut out = Vec::new();
+                let mut acks = 0;
+                let held = &mut conn.held;
+                let result = conn.reader.feed(&chunk[..n], &mut out, |msg| {
+                    let bytes = message_bytes(&msg);
+                    if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["op"] == op::HEARTBEAT) {
+                        acks += 1;
+                    } else {
+                        held.push(bytes);
+                    }
+                    true
+                });
+                for _ in 0..acks {
+                    conn.frames.message(&[ACK], &mut out);
+                }
+                if result.is_err() || (!out.is_empty() && stream.write_all(&out).await.is_err()) {
+                    return false;
+                }
+            }
+            Wake::StatusChanged | Wake::Timer => {}
+        }
+    }
+}
+
+/// Serves an identified or resuming client on the core that owns its shard.
+/// A refused resume gives the connection back, to be told op 9.
+async fn serve_session(
+    core: &Rc<Core>,
+    mut conn: PendingConn,
+    intent: Intent,
+) -> Result<(), (PendingConn, ResumeError)> {
+    let shard = intent.shard();
+    let Some(hub) = core.hubs.get(&shard).cloned() else {
+        log::error!("{}: shard {shard} reached core {} which does not own it", conn.peer, core.index);
+        return Ok(());
+    };
+    if let Intent::Identify(v) = &intent {
+        if v.compress && !conn.transport_compressed {
+            let zlib = flate2::Compress::new(flate2::Compression::fast(), true);
+            conn.frames = FrameWriter::new(Encoding::ZlibMessage(Box::new(zlib)));
+        }
+        if !wait_shard_ready(&hub, &mut conn).await {
+            return Ok(());
+        }
+    }
+    let conn_id = core.next_connection_id();
+    let queue = Rc::new(ClientQueue::new(core.shared.config.backpressure));
+    let read_fd = conn.fd.as_raw_fd();
+    let (session, generation, first, start_seq) = match &intent {
+        Intent::Identify(_) => {
+            let Attached { session, generation, first: snapshot } =
+                hub.attach_new(conn_id, queue.clone(), read_fd, &core.shared.client_resume_url);
+            log::info!(
+                "{}: identified for shard {shard}: session {}, {} guild payloads (client {conn_id}, core {})",
+                conn.peer,
+                session.id,
+                snapshot.len() - 1,
+                core.index
+            );
+            (session, generation, snapshot, 0)
+        }
+        Intent::Resume(r) => match hub.attach_resume(&r.session_id, r.seq, conn_id, queue.clone(), read_fd) {
+            Ok(Attached { session, generation, first: replay }) => {
+                log::info!(
+                    "{}: resumed session {} of shard {shard} at seq {}: {} dispatches replayed (client {conn_id}, core {})",
+                    conn.peer,
+                    session.id,
+                    r.seq,
+                    replay.len() - 1,
+                    core.index
+                );
+                (session, generation, replay, r.seq)
+            }
+            Err(e) => return Err((conn, e)),
+        },
+    };
+    let _ = queue.push(Outgoing::Snapshot(first));
+    let PendingConn { fd, peer, mut reader, frames, mut limiter, mut input, held, .. } = conn;
+    let mut held = Some(held);
+    // SAFETY: `fd` is open and owned; the read stream takes it over.
+    let mut read_stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    // Reader and writer each own a descriptor of the socket, so neither waits on the other.
+    let Some(write_stream) = stream_of_raw(read_stream.as_raw_fd()) else {
+        hub.unsubscribe(conn_id);
+        session.disconnected(generation);
+        return Ok(());
+    };
+    glommio::spawn_local(writer::run(
+        queue.clone(),
+        write_stream,
+        frames,
+        conn_id,
+        session.clone(),
+        generation,
+        start_seq,
+    ))
+    .detach();
+
+    let interval = Duration::from_millis(core.shared.config.heartbeat_interval);
+    let mut last_heartbeat = Instant::now();
+    let mut asked = false;
+    let mut chunk = vec![0u8; 8192];
+    loop {
         let mut replies = Vec::new();
         let mut actions = Vec::new();
-        let result = reader.feed(&input, &mut replies, |msg| {
-            let bytes = message_bytes(&msg);
+        let mut classify = |bytes: Vec<u8>| {
             let action = if limiter.try_command(Instant::now()) {
                 identify::classify(&bytes, true, &core.shared)
             } else {
@@ -264,7 +407,11 @@ pub async fn adopt(core: Rc<Core>, handover: Handover) {
             let stop = matches!(action, Action::Close(..));
             actions.push((action, bytes));
             !stop
-        });
+        };
+        for bytes in held.take().unwrap_or_default() {
+            classify(bytes);
+        }
+        let result = reader.feed(&input, &mut replies, |msg| classify(message_bytes(&msg)));
         input.clear();
         if !replies.is_empty() {
             let _ = queue.push(Outgoing::Framed(replies));
@@ -273,18 +420,19 @@ pub async fn adopt(core: Rc<Core>, handover: Handover) {
         for (action, bytes) in actions {
             match action {
                 Action::Ack => {
+                    last_heartbeat = Instant::now();
+                    asked = false;
                     let _ = queue.push(Outgoing::Payload(ACK.to_vec()));
                 }
-                Action::Command(op) => {
-                    log::trace!("client {conn}: op {op} forwarded to shard {}", hub.id);
-                    hub.send_command(bytes);
-                }
+                Action::Command(op) => command(&hub, session.num, op, bytes),
                 Action::Close(code, reason) => {
-                    log::info!("{peer}: closing client {conn} with {code} ({reason})");
+                    log::info!("{peer}: closing client {conn_id} with {code} ({reason})");
                     let _ = queue.push(Outgoing::Close(code, reason));
                     end = true;
                 }
-                Action::Identify(_) | Action::Resume => unreachable!("classify rejects these once identified"),
+                Action::Identify(_) | Action::Resume(_) | Action::InvalidSession(_) => {
+                    unreachable!("classify closes with 4005 once identified")
+                }
             }
         }
         match result {
@@ -302,22 +450,66 @@ pub async fn adopt(core: Rc<Core>, handover: Handover) {
         if end {
             break;
         }
-        let wake = if attached {
-            Wake::Read(read_stream.read(&mut chunk).await)
-        } else {
-            futures_lite::future::or(async { Wake::Read(read_stream.read(&mut chunk).await) }, async {
-                hub.status_changed().await;
-                Wake::StatusChanged
-            })
-            .await
-        };
+        // Discord asks a silent client for a heartbeat, then gives up on it.
+        let silent = last_heartbeat.elapsed();
+        if silent >= interval * 2 {
+            log::info!("{peer}: client {conn_id} stopped heartbeating; closing");
+            let _ = queue.push(Outgoing::Close(4009, "session timed out: no heartbeat".into()));
+            break;
+        }
+        if silent >= interval + interval / 4 && !asked {
+            asked = true;
+            let _ = queue.push(Outgoing::Payload(HEARTBEAT_REQUEST.to_vec()));
+        }
+        let next_check = if asked { interval * 2 } else { interval + interval / 4 };
+        let sleep = next_check.saturating_sub(silent) + Duration::from_millis(5);
+        let wake = futures_lite::future::or(async { Wake::Read(read_stream.read(&mut chunk).await) }, async {
+            glommio::timer::sleep(sleep).await;
+            Wake::Timer
+        })
+        .await;
         match wake {
             Wake::Read(Ok(0)) | Wake::Read(Err(_)) => break,
             Wake::Read(Ok(n)) => input.extend_from_slice(&chunk[..n]),
-            Wake::StatusChanged => {}
+            Wake::StatusChanged | Wake::Timer => {}
         }
     }
-    hub.unsubscribe(conn);
+    hub.unsubscribe(conn_id);
+    session.disconnected(generation);
     queue.close();
-    log::info!("{peer}: client {conn} of shard {} disconnected", hub.id);
+    log::info!("{peer}: client {conn_id} of shard {} disconnected (session {} resumable)", hub.id, session.id);
+    Ok(())
+}
+
+/// A client command for Discord: routed replies are set up here.
+fn command(hub: &ShardHub, session: u64, op: u8, payload: Vec<u8>) {
+    match op {
+        op::REQUEST_GUILD_MEMBERS => match hub.routing.borrow_mut().member_request(session, &payload) {
+            Some(rewritten) => hub.send_command(rewritten),
+            None => hub.send_command(payload),
+        },
+        op::VOICE_STATE_UPDATE => {
+            let answer = hub.routing.borrow_mut().voice_request(session, &payload);
+            match answer {
+                VoiceAnswer::Forward => hub.send_command(payload),
+                VoiceAnswer::FromCache(state, server) => {
+                    log::debug!("[shard {}] voice request answered from the kept voice session", hub.id);
+                    hub.publish(Dispatch::build("VOICE_STATE_UPDATE", state.as_bytes()).for_session(session));
+                    hub.publish(Dispatch::build("VOICE_SERVER_UPDATE", server.as_bytes()).for_session(session));
+                }
+            }
+        }
+        op::PRESENCE_UPDATE => {
+            hub.routing.borrow_mut().set_presence(&payload);
+            hub.send_command(payload);
+        }
+        _ => hub.send_command(payload),
+    }
+}
+
+fn stream_of_raw(fd: i32) -> Option<TcpStream> {
+    // SAFETY: dup of an open descriptor; the new one is owned by the stream.
+    let dup = unsafe { libc::dup(fd) };
+    // SAFETY: `dup` is fresh and owned by nobody else.
+    (dup >= 0).then(|| unsafe { TcpStream::from_raw_fd(dup) })
 }

@@ -12,12 +12,25 @@ pub enum Action {
     Ack,
     /// Identify accepted.
     Identify(ValidIdentify),
-    /// Resume attempted (answered with Invalid Session until sessions can be resumed).
-    Resume,
+    /// A well-formed Resume, to be checked by the core that owns its session.
+    Resume(ResumeRequest),
+    /// A Resume that cannot succeed: answer op 9 `d: false` on this connection.
+    InvalidSession(String),
     /// A command for Discord (op 3, 4, 8, 31), forwarded as sent.
     Command(u8),
     /// Close the connection with this code and reason.
     Close(u16, String),
+}
+
+/// A client's Resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The session to resume.
+    pub session_id: String,
+    /// The last sequence number the client received.
+    pub seq: u64,
+    /// The shard the session belongs to (from its id).
+    pub shard: u32,
 }
 
 /// An accepted Identify.
@@ -34,6 +47,13 @@ struct Payload<'a> {
     op: Option<i64>,
     #[serde(borrow, default)]
     d: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResumeData {
+    token: Option<String>,
+    session_id: Option<String>,
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +101,7 @@ pub fn classify(text: &[u8], identified: bool, shared: &Shared) -> Action {
         op::IDENTIFY if identified => close(4005, "already authenticated"),
         op::IDENTIFY => validate_identify(payload.d, shared),
         op::RESUME if identified => close(4005, "already authenticated"),
-        op::RESUME => Action::Resume,
+        op::RESUME => validate_resume(payload.d, shared),
         _ if !identified => close(4003, "not authenticated: send Identify first"),
         other => {
             if payload.d.is_none() {
@@ -89,6 +109,24 @@ pub fn classify(text: &[u8], identified: bool, shared: &Shared) -> Action {
             }
             Action::Command(other)
         }
+    }
+}
+
+fn validate_resume(d: Option<&RawValue>, shared: &Shared) -> Action {
+    let Some(data) = d.and_then(|d| serde_json::from_str::<ResumeData>(d.get()).ok()) else {
+        return close(4002, "decode error: invalid Resume payload");
+    };
+    let (Some(token), Some(session_id)) = (data.token, data.session_id) else {
+        return close(4002, "decode error: Resume needs token and session_id");
+    };
+    if shared.config.validate_token && !token_matches(&token, &shared.config.token) {
+        return Action::InvalidSession("wrong token".into());
+    }
+    match super::session::shard_of(&session_id) {
+        Some(shard) if shared.is_local(shard) => {
+            Action::Resume(ResumeRequest { session_id, seq: data.seq.unwrap_or(0), shard })
+        }
+        _ => Action::InvalidSession("unknown session".into()),
     }
 }
 

@@ -8,5 +8,6 @@ pub mod identify;
 pub mod listener;
 pub mod outgoing;
 pub mod queue;
+pub mod session;
 pub mod snapshot;
 pub mod writer;

@@ -6,8 +6,14 @@ use std::{
     cell::RefCell,
     collections::VecDeque,
     future::poll_fn,
+    os::fd::RawFd,
+    rc::Rc,
     task::{Poll, Waker},
+    time::Duration,
 };
+
+/// How long a writer may take to deliver an abort's close frame before the socket is shut.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why an item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +30,8 @@ struct Inner {
     waker: Option<Waker>,
     closed: bool,
     high_water: usize,
+    abort: Option<(u16, String)>,
+    finished: bool,
 }
 
 /// The queue between a shard (and the client's reader) and the client's writer.
@@ -41,6 +49,8 @@ impl ClientQueue {
                 waker: None,
                 closed: false,
                 high_water: 0,
+                abort: None,
+                finished: false,
             }),
         }
     }
@@ -71,6 +81,35 @@ impl ClientQueue {
         }
     }
 
+    /// Drops what is queued and makes the writer send a close frame with
+    /// `code` next. If the writer is stuck on a socket that does not drain,
+    /// the socket is shut down after a grace period.
+    pub fn abort(self: &Rc<Self>, code: u16, reason: &str, fd: RawFd) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.items.clear();
+            inner.abort = Some((code, reason.to_owned()));
+            inner.closed = true;
+            if let Some(w) = inner.waker.take() {
+                w.wake();
+            }
+        }
+        let queue = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(ABORT_GRACE).await;
+            if !queue.inner.borrow().finished {
+                // SAFETY: shutdown on the client's socket, still open while its writer runs.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        })
+        .detach();
+    }
+
+    /// Marks the writer as done with the socket.
+    pub fn set_finished(&self) {
+        self.inner.borrow_mut().finished = true;
+    }
+
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
         self.inner.borrow().closed
@@ -96,6 +135,10 @@ impl ClientQueue {
     pub async fn pop_batch(&self, batch: &mut Vec<Outgoing>, max: usize) -> bool {
         poll_fn(|cx| {
             let mut inner = self.inner.borrow_mut();
+            if let Some((code, reason)) = inner.abort.take() {
+                batch.push(Outgoing::Close(code, reason));
+                return Poll::Ready(true);
+            }
             if inner.items.is_empty() {
                 if inner.closed {
                     return Poll::Ready(false);

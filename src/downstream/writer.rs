@@ -2,7 +2,7 @@
 //! the client's own sequence numbers into shared dispatches, frames
 //! (and compresses) them, and writes each batch with one socket write.
 
-use super::{frames::FrameWriter, outgoing::Outgoing, queue::ClientQueue};
+use super::{frames::FrameWriter, outgoing::Outgoing, queue::ClientQueue, session::ClientSession};
 use crate::protocol::dispatch::Dispatch;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -30,15 +30,35 @@ impl Sequencer {
     }
 }
 
-fn encode_dispatch(d: &Dispatch, seq: &mut Sequencer, frames: &mut FrameWriter, out: &mut Vec<u8>) {
-    let n = seq.advance();
-    let mut digits = itoa::Buffer::new();
-    frames.message(&[d.head(), digits.format(n).as_bytes(), d.tail()], out);
+struct Stream<'a> {
+    seq: Sequencer,
+    session: &'a ClientSession,
+    generation: u64,
 }
 
-/// Runs until the queue is closed and drained, a close was sent, or the socket fails.
-pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: FrameWriter, conn: u64) {
-    let mut seq = Sequencer::default();
+impl Stream<'_> {
+    fn encode(&mut self, d: &Dispatch, frames: &mut FrameWriter, out: &mut Vec<u8>) {
+        let n = self.seq.advance();
+        let mut digits = itoa::Buffer::new();
+        frames.message(&[d.head(), digits.format(n).as_bytes(), d.tail()], out);
+        self.session.record_sent(self.generation, n, d.index());
+    }
+}
+
+/// Runs until the queue is closed and drained, a close was sent, or the
+/// socket fails. Sequence numbers continue from `start_seq` (0 for a new
+/// session, the client's seq for a resume); what was sent is recorded in
+/// the session so that a later RESUME knows where the client stands.
+pub async fn run(
+    queue: Rc<ClientQueue>,
+    mut stream: TcpStream,
+    mut frames: FrameWriter,
+    conn: u64,
+    session: Rc<ClientSession>,
+    generation: u64,
+    start_seq: u64,
+) {
+    let mut seqs = Stream { seq: Sequencer { last: start_seq }, session: &session, generation };
     let mut batch = Vec::with_capacity(BATCH);
     let mut out = Vec::with_capacity(64 << 10);
     let fd = stream.as_raw_fd();
@@ -47,10 +67,10 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
         let mut closing = false;
         for item in batch.drain(..) {
             match item {
-                Outgoing::Dispatch(d) => encode_dispatch(&d, &mut seq, &mut frames, &mut out),
+                Outgoing::Dispatch(d) => seqs.encode(&d, &mut frames, &mut out),
                 Outgoing::Snapshot(list) => {
                     for d in &list {
-                        encode_dispatch(d, &mut seq, &mut frames, &mut out);
+                        seqs.encode(d, &mut frames, &mut out);
                         if out.len() >= 1 << 20 {
                             if stream.write_all(&out).await.is_err() {
                                 break 'outer;
@@ -77,6 +97,7 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
         }
     }
     queue.close();
+    queue.set_finished();
     // Wakes the reader (which holds its own descriptor of this socket).
     // SAFETY: shutdown on our own open descriptor.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };

@@ -5,25 +5,33 @@
 use super::scan::{self, ScanError};
 use std::ops::Range;
 
+/// Index of a dispatch that is not in a shard's replay buffer (READY and
+/// GUILD_CREATE built for one client, RESUMED).
+pub const UNINDEXED: u64 = u64::MAX;
+
 /// One dispatch, shared by every client of a shard.
 #[derive(Debug)]
 pub struct Dispatch {
     raw: Box<[u8]>,
     seq: Range<usize>,
+    /// Position in the shard's replay buffer.
+    index: u64,
+    /// The only client session that should see it (routed replies), if any.
+    target: Option<u64>,
 }
 
 impl Dispatch {
     /// Wraps an upstream payload whose `s` field is at `seq`.
     pub fn from_parts(raw: Box<[u8]>, seq: Range<usize>) -> Self {
         debug_assert!(seq.end <= raw.len());
-        Self { raw, seq }
+        Self { raw, seq, index: UNINDEXED, target: None }
     }
 
     /// Scans a payload for its top-level `s`.
     pub fn parse(raw: Box<[u8]>) -> Result<Self, ScanError> {
         let fields = scan::scan(&raw)?;
         let seq = fields.s.ok_or(ScanError { at: 0 })?;
-        Ok(Self { raw, seq })
+        Ok(Self::from_parts(raw, seq))
     }
 
     /// Builds a dispatch the proxy synthesised: `{"t":T,"s":0,"op":0,"d":D}`.
@@ -38,7 +46,33 @@ impl Dispatch {
         raw.extend_from_slice(b",\"op\":0,\"d\":");
         raw.extend_from_slice(d);
         raw.push(b'}');
-        Self { raw: raw.into_boxed_slice(), seq: start..end }
+        Self::from_parts(raw.into_boxed_slice(), start..end)
+    }
+
+    /// Restricts the dispatch to one client session.
+    pub fn for_session(mut self, session: u64) -> Self {
+        self.target = Some(session);
+        self
+    }
+
+    /// Sets the replay-buffer position (done once, when published).
+    pub fn set_index(&mut self, index: u64) {
+        self.index = index;
+    }
+
+    /// The replay-buffer position, if the dispatch is in one.
+    pub fn index(&self) -> Option<u64> {
+        (self.index != UNINDEXED).then_some(self.index)
+    }
+
+    /// The session this dispatch is for, when it is a routed reply.
+    pub fn target(&self) -> Option<u64> {
+        self.target
+    }
+
+    /// Whether client session `session` receives this dispatch.
+    pub fn visible_to(&self, session: u64) -> bool {
+        self.target.is_none_or(|t| t == session)
     }
 
     /// The bytes before the sequence number.

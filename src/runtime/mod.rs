@@ -20,11 +20,14 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     rc::Rc,
     sync::Arc,
+    time::Duration,
 };
 
 /// io_uring buffer memory per executor: the proxy does no storage I/O, so a
 /// small registered area keeps RSS and locked memory down.
 const IO_MEMORY: usize = 256 << 10;
+/// How often expired client sessions are dropped.
+const SESSION_SWEEP: Duration = Duration::from_secs(5);
 /// Handovers in flight between two cores.
 const MESH_CAPACITY: usize = 256;
 
@@ -128,7 +131,7 @@ async fn core_main(
         .local
         .clone()
         .filter(|s| shared.core_of(*s) == index)
-        .map(|s| (s, ShardHub::new(s, shared.total_shards, shared.config.cache.clone())))
+        .map(|s| (s, ShardHub::new(s, shared.total_shards, &shared.config)))
         .collect();
     log::info!("core {index}: shards {:?}", {
         let mut ids: Vec<_> = hubs.keys().copied().collect();
@@ -138,6 +141,22 @@ async fn core_main(
     let core = Rc::new(Core { index, shared: shared.clone(), hubs, mesh: senders, next_conn: Cell::new(0) });
     for hub in core.hubs.values() {
         glommio::spawn_local(shard::run(hub.clone(), shared.clone())).detach();
+    }
+    {
+        let core = core.clone();
+        let ttl = Duration::from_secs(shared.config.session_ttl);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(SESSION_SWEEP).await;
+                for hub in core.hubs.values() {
+                    let n = hub.expire_sessions(ttl);
+                    if n > 0 {
+                        log::debug!("[shard {}] {n} client sessions expired", hub.id);
+                    }
+                }
+            }
+        })
+        .detach();
     }
     for (_, rx) in receivers.streams() {
         let core = core.clone();

@@ -13,6 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How often a waiting shard checks for its grant, in case a wake-up was lost.
+const GRANT_POLL: Duration = Duration::from_millis(50);
+
 /// Minimum spacing between two Identifies of one bucket.
 pub const BUCKET_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -41,11 +44,27 @@ impl IdentifyQueue {
 
     /// Resolves when `shard` may send its Identify.
     pub async fn wait_turn(&self, shard: u32) {
-        let (grant, granted) = oneshot::channel();
+        let (grant, mut granted) = oneshot::channel();
         if self.tx.send(Request { shard, grant }).is_err() {
             return;
         }
-        let _ = granted.await;
+        // The grant wakes this task from another thread. glommio can miss
+        // such a wake-up when it races with the executor going to sleep
+        // (seen in tests: a core slept through its turn), so the grant is
+        // also polled; a lost wake-up then costs at most one poll period.
+        loop {
+            match granted.try_recv() {
+                Ok(Some(())) | Err(_) => return,
+                Ok(None) => {}
+            }
+            futures_lite::future::or(
+                async {
+                    let _ = (&mut granted).await;
+                },
+                glommio::timer::sleep(GRANT_POLL),
+            )
+            .await;
+        }
     }
 }
 
@@ -110,13 +129,14 @@ mod tests {
     fn paces_per_bucket() {
         let q = IdentifyQueue::start(2, 100, Duration::from_secs(3600));
         let start = Instant::now();
-        let times: Vec<Duration> = [0u32, 1, 2]
-            .iter()
-            .map(|&s| {
-                futures_lite::future::block_on(q.wait_turn(s));
-                start.elapsed()
-            })
-            .collect();
+        let times: Vec<Duration> = glommio::LocalExecutor::default().run(async {
+            let mut times = Vec::new();
+            for s in [0u32, 1, 2] {
+                q.wait_turn(s).await;
+                times.push(start.elapsed());
+            }
+            times
+        });
         // shards 0 and 1 are in different buckets: both at once; shard 2 shares bucket 0.
         assert!(times[1] < Duration::from_secs(1), "{times:?}");
         assert!(times[2] >= Duration::from_millis(4900), "{times:?}");

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     cache::is_cache_event,
-    hub::{ShardHub, ShardStatus, UpstreamSession},
+    hub::{routing::Route, ShardHub, ShardStatus, UpstreamSession},
     protocol::{
         close_code::{CloseCode, Reconnect},
         dispatch::Dispatch,
@@ -163,7 +163,7 @@ async fn connect_once(
         }
         None => {
             log::info!("[shard {}] identifying", hub.id);
-            identify_payload(shared, hub.id)
+            identify_payload(shared, hub.id, hub.routing.borrow().presence())
         }
     };
     limiter.record(Instant::now());
@@ -350,7 +350,7 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
                     let gone = hub.cache.borrow_mut().apply(t, d);
                     for id in gone {
                         let body = format!("{{\"id\":\"{id}\"}}");
-                        hub.publish(Rc::new(Dispatch::build("GUILD_DELETE", body.as_bytes())));
+                        hub.publish(Dispatch::build("GUILD_DELETE", body.as_bytes()));
                     }
                     hub.on_upstream_ready();
                     hub.set_status(ShardStatus::Ready);
@@ -367,7 +367,7 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
                         hub.cache.borrow_mut().apply(t, d);
                     }
                     if let Some(s) = fields.s {
-                        hub.publish(Rc::new(Dispatch::from_parts(text.into(), s)));
+                        relay(hub, t, d, Dispatch::from_parts(text.into(), s));
                     }
                 }
             }
@@ -395,6 +395,30 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
     }
 }
 
+/// Publishes a dispatch, to the one client it belongs to when it is a reply.
+fn relay(hub: &ShardHub, t: &[u8], d: &str, dispatch: Dispatch) {
+    let route = match t {
+        b"GUILD_MEMBERS_CHUNK" => hub.routing.borrow_mut().member_chunk(d),
+        b"VOICE_STATE_UPDATE" => {
+            let bot = hub.cache.borrow().bot_id();
+            hub.routing.borrow_mut().voice_state(d, bot)
+        }
+        b"VOICE_SERVER_UPDATE" => hub.routing.borrow_mut().voice_server(d),
+        _ => Route::Broadcast,
+    };
+    match route {
+        Route::Session(num, rewritten) if hub.session_known(num) => {
+            let name = std::str::from_utf8(t).unwrap_or("DISPATCH");
+            let dispatch = match rewritten {
+                Some(new_d) => Dispatch::build(name, new_d.as_bytes()),
+                None => dispatch,
+            };
+            hub.publish(dispatch.for_session(num));
+        }
+        _ => hub.publish(dispatch),
+    }
+}
+
 async fn send_heartbeat(hub: &ShardHub, ws: &mut GatewaySocket, limiter: &mut SendLimiter) -> Result<(), ()> {
     let seq = hub.session().map(|s| s.seq);
     let payload = match seq {
@@ -416,7 +440,9 @@ async fn close_for_resume(ws: &mut GatewaySocket) {
 }
 
 /// The Identify payload for `shard`, with the configured presence.
-pub fn identify_payload(shared: &Shared, shard: u32) -> serde_json::Value {
+/// A presence a client set (op 3) replaces the configured one, so that a
+/// re-identify keeps what the bot chose.
+pub fn identify_payload(shared: &Shared, shard: u32, client_presence: Option<&str>) -> serde_json::Value {
     let config = &shared.config;
     let mut d = serde_json::json!({
         "token": config.token,
@@ -426,7 +452,9 @@ pub fn identify_payload(shared: &Shared, shard: u32) -> serde_json::Value {
         "large_threshold": 250,
         "compress": false,
     });
-    if config.activity.is_some() || config.status != "online" {
+    if let Some(presence) = client_presence.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
+        d["presence"] = presence;
+    } else if config.activity.is_some() || config.status != "online" {
         let activities: Vec<serde_json::Value> = config
             .activity
             .iter()

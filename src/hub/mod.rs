@@ -1,0 +1,365 @@
+//! A shard's meeting point on its core: the upstream task publishes into it,
+//! client connections subscribe to it. Everything here is single-threaded
+//! (`Rc`/`RefCell` on one glommio executor), so there are no locks.
+
+pub mod replay;
+pub mod routing;
+
+use crate::{
+    cache::{GuildStatus, ShardCache},
+    config::Config,
+    downstream::{
+        outgoing::Outgoing,
+        queue::{ClientQueue, PushError},
+        session::{ClientSession, Position},
+    },
+    protocol::dispatch::Dispatch,
+};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use replay::ReplayBuffer;
+use routing::Routing;
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    os::fd::RawFd,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+/// How long after READY a guild still missing its GUILD_CREATE is reported
+/// to new clients as unavailable rather than left for the live stream.
+pub const GUILD_LOAD_GRACE: Duration = Duration::from_secs(15);
+/// Byte bound of a shard's replay buffer, on top of its event bound.
+pub const REPLAY_MAX_BYTES: usize = 64 << 20;
+/// Close code for a client that fell behind: resumable, so it resumes from the replay buffer.
+pub const LAGGING_CLOSE: u16 = 4000;
+
+/// Where the upstream connection of a shard stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardStatus {
+    /// Not yet connected, or waiting to reconnect.
+    Connecting,
+    /// Waiting for an identify turn or for READY.
+    Identifying,
+    /// Resuming after a disconnect.
+    Resuming,
+    /// READY or RESUMED seen: events flow.
+    Ready,
+    /// Stopped for good by a fatal close code.
+    Failed(u16),
+}
+
+/// The upstream session, as needed to resume it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamSession {
+    /// Discord's session id.
+    pub session_id: String,
+    /// Last sequence number received.
+    pub seq: u64,
+    /// Where to resume.
+    pub resume_url: String,
+}
+
+/// A client connection subscribed to a shard's live stream.
+pub struct Subscriber {
+    /// Connection id, unique in the process.
+    pub id: u64,
+    /// Session the connection serves.
+    pub session: u64,
+    /// Queue into the client's writer; bounded by `backpressure`.
+    pub queue: Rc<ClientQueue>,
+    /// The client's socket, shut down when it falls hopelessly behind.
+    pub fd: RawFd,
+}
+
+/// Why a client RESUME was refused (answered with op 9 `d: false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// No such session (never existed, expired, or evicted).
+    UnknownSession,
+    /// The sequence is beyond what the session was sent.
+    InvalidSeq,
+    /// What the client missed is no longer in the replay buffer.
+    TooOld,
+}
+
+/// A client attached to its session: what its writer needs.
+pub struct Attached {
+    /// The client session.
+    pub session: Rc<ClientSession>,
+    /// The session generation this connection serves.
+    pub generation: u64,
+    /// What to send before live events: READY and GUILD_CREATEs, or the missed dispatches and RESUMED.
+    pub first: Vec<Rc<Dispatch>>,
+}
+
+/// A shard's state on its core.
+pub struct ShardHub {
+    /// Shard id.
+    pub id: u32,
+    /// Total shard count.
+    pub total: u32,
+    status: RefCell<ShardStatus>,
+    /// Guild state.
+    pub cache: RefCell<ShardCache>,
+    subscribers: RefCell<Vec<Subscriber>>,
+    session: RefCell<Option<UpstreamSession>>,
+    ready_at: Cell<Option<Instant>>,
+    commands: LocalSender<Vec<u8>>,
+    commands_rx: RefCell<Option<LocalReceiver<Vec<u8>>>>,
+    status_waiters: RefCell<Vec<futures_channel::oneshot::Sender<()>>>,
+    replay: RefCell<ReplayBuffer>,
+    sessions: RefCell<HashMap<String, Rc<ClientSession>>>,
+    max_sessions: usize,
+    /// Replies routed to the client that asked, and the bot's own state it set.
+    pub routing: RefCell<Routing>,
+    /// Clients closed for falling behind.
+    pub lagged_clients: Cell<u64>,
+}
+
+impl ShardHub {
+    /// A hub for shard `id` of `total`.
+    pub fn new(id: u32, total: u32, config: &Config) -> Rc<Self> {
+        let (commands, rx) = local_channel::new_unbounded();
+        Rc::new(Self {
+            id,
+            total,
+            status: RefCell::new(ShardStatus::Connecting),
+            cache: RefCell::new(ShardCache::new(config.cache.clone())),
+            subscribers: RefCell::default(),
+            session: RefCell::default(),
+            ready_at: Cell::new(None),
+            commands,
+            commands_rx: RefCell::new(Some(rx)),
+            status_waiters: RefCell::default(),
+            replay: RefCell::new(ReplayBuffer::new(config.replay_buffer, REPLAY_MAX_BYTES)),
+            sessions: RefCell::default(),
+            max_sessions: config.max_sessions,
+            routing: RefCell::default(),
+            lagged_clients: Cell::new(0),
+        })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> ShardStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Sets the status and wakes whoever waits for a change.
+    pub fn set_status(&self, status: ShardStatus) {
+        if status == ShardStatus::Ready && self.ready_at.get().is_none() {
+            self.ready_at.set(Some(Instant::now()));
+        }
+        *self.status.borrow_mut() = status;
+        for w in self.status_waiters.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Resolves at the next status change.
+    pub async fn status_changed(&self) {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.status_waiters.borrow_mut().retain(|w| !w.is_canceled());
+        self.status_waiters.borrow_mut().push(tx);
+        let _ = rx.await;
+    }
+
+    /// Whether the cache holds a READY, so clients can be served.
+    pub fn has_ready(&self) -> bool {
+        self.cache.borrow().user().is_some()
+    }
+
+    /// Records a new upstream READY (the session was re-identified).
+    pub fn on_upstream_ready(&self) {
+        self.ready_at.set(Some(Instant::now()));
+    }
+
+    /// The upstream session, if one can be resumed.
+    pub fn session(&self) -> Option<UpstreamSession> {
+        self.session.borrow().clone()
+    }
+
+    /// Replaces the upstream session.
+    pub fn set_session(&self, session: Option<UpstreamSession>) {
+        *self.session.borrow_mut() = session;
+    }
+
+    /// Advances the upstream sequence.
+    pub fn set_seq(&self, seq: u64) {
+        if let Some(s) = self.session.borrow_mut().as_mut() {
+            s.seq = s.seq.max(seq);
+        }
+    }
+
+    /// Takes the receiving end of the command queue (once, by the shard task).
+    pub fn take_commands(&self) -> Option<LocalReceiver<Vec<u8>>> {
+        self.commands_rx.borrow_mut().take()
+    }
+
+    /// Queues a command (op 3, 4, 8, 31) for Discord.
+    pub fn send_command(&self, payload: Vec<u8>) {
+        // Unbounded: the upstream rate limiter drains it at Discord's pace.
+        let _ = self.commands.try_send(payload);
+    }
+
+    /// Number of connected clients.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.borrow().len()
+    }
+
+    /// Replay buffer occupancy: (events, bytes).
+    pub fn replay_occupancy(&self) -> (usize, usize) {
+        let r = self.replay.borrow();
+        (r.len(), r.bytes())
+    }
+
+    /// Stores a dispatch in the replay buffer and sends it to every
+    /// subscriber that may see it.
+    pub fn publish(&self, dispatch: Dispatch) {
+        let dispatch = self.replay.borrow_mut().push(dispatch);
+        let mut lagged = 0;
+        self.subscribers.borrow_mut().retain(|sub| {
+            if !dispatch.visible_to(sub.session) {
+                return true;
+            }
+            match sub.queue.push(Outgoing::Dispatch(dispatch.clone())) {
+                Ok(()) => true,
+                Err(PushError::Full) => {
+                    log::warn!("[shard {}] client {} fell behind; closing it so it resumes", self.id, sub.id);
+                    sub.queue.abort(LAGGING_CLOSE, "client fell behind: resume to catch up", sub.fd);
+                    lagged += 1;
+                    false
+                }
+                Err(PushError::Closed) => false,
+            }
+        });
+        self.lagged_clients.set(self.lagged_clients.get() + lagged);
+    }
+
+    /// Removes a subscriber.
+    pub fn unsubscribe(&self, id: u64) {
+        self.subscribers.borrow_mut().retain(|s| s.id != id);
+    }
+
+    /// Creates a session for a client that identified, builds its READY and
+    /// GUILD_CREATEs from the cache and subscribes it in the same step:
+    /// nothing can be published in between (single thread, no await), so
+    /// the live stream continues exactly where the snapshot ends.
+    pub fn attach_new(
+        &self,
+        conn: u64,
+        queue: Rc<ClientQueue>,
+        fd: RawFd,
+        resume_url: &str,
+    ) -> Attached {
+        let start = self.replay.borrow().next_index();
+        let session = Rc::new(ClientSession::new(conn, self.id, start));
+        let snapshot = crate::downstream::snapshot::build(self, &session.id, resume_url, self.guild_grace_over());
+        let generation = session.begin(conn, fd, Position { resume_from: start, sent_seq: 0, floor_seq: 0 });
+        self.store_session(session.clone());
+        self.subscribers.borrow_mut().push(Subscriber { id: conn, session: session.num, queue, fd });
+        Attached { session, generation, first: snapshot }
+    }
+
+    /// Resumes session `session_id` at the client's sequence `seq`: returns
+    /// the session, its new generation, and what to send before live events
+    /// (every dispatch the client missed, then RESUMED).
+    pub fn attach_resume(
+        &self,
+        session_id: &str,
+        seq: u64,
+        conn: u64,
+        queue: Rc<ClientQueue>,
+        fd: RawFd,
+    ) -> Result<Attached, ResumeError> {
+        let session = self.sessions.borrow().get(session_id).cloned().ok_or(ResumeError::UnknownSession)?;
+        let pos = session.position();
+        if seq > pos.sent_seq {
+            return Err(ResumeError::InvalidSeq);
+        }
+        if seq < pos.floor_seq {
+            return Err(ResumeError::TooOld);
+        }
+        let replay = self.replay.borrow();
+        // Walk back from the first unsent dispatch over the ones this
+        // session saw, until reaching the one after the client's `seq`.
+        let mut start = pos.resume_from;
+        let mut to_skip = pos.sent_seq - seq;
+        while to_skip > 0 {
+            if start <= replay.first_index() {
+                return Err(ResumeError::TooOld);
+            }
+            start -= 1;
+            if replay.get(start).is_some_and(|d| d.visible_to(session.num)) {
+                to_skip -= 1;
+            }
+        }
+        if start < replay.first_index() {
+            return Err(ResumeError::TooOld);
+        }
+        let mut out: Vec<Rc<Dispatch>> = replay.since(start).filter(|d| d.visible_to(session.num)).cloned().collect();
+        drop(replay);
+        out.push(Rc::new(Dispatch::build("RESUMED", b"{}")));
+        // A connection still attached to the session is replaced, as Discord does.
+        if let Some((old_conn, old_fd)) = session.connection() {
+            log::info!("[shard {}] session resumed elsewhere; closing its old connection {old_conn}", self.id);
+            self.unsubscribe(old_conn);
+            // SAFETY: shutdown on the old connection's open socket; it only ends its I/O.
+            unsafe { libc::shutdown(old_fd, libc::SHUT_RDWR) };
+        }
+        let generation =
+            session.begin(conn, fd, Position { resume_from: start, sent_seq: seq, floor_seq: pos.floor_seq });
+        self.subscribers.borrow_mut().push(Subscriber { id: conn, session: session.num, queue, fd });
+        Ok(Attached { session, generation, first: out })
+    }
+
+    fn store_session(&self, session: Rc<ClientSession>) {
+        let mut sessions = self.sessions.borrow_mut();
+        if sessions.len() >= self.max_sessions {
+            // Evict the session disconnected the longest (connected ones last).
+            let oldest = sessions
+                .values()
+                .min_by_key(|s| s.disconnected_at().map_or((1, Instant::now()), |t| (0, t)))
+                .map(|s| s.id.clone());
+            if let Some(id) = oldest {
+                sessions.remove(&id);
+            }
+        }
+        sessions.insert(session.id.clone(), session);
+    }
+
+    /// Drops sessions that stayed disconnected longer than `ttl`; returns how many.
+    pub fn expire_sessions(&self, ttl: Duration) -> usize {
+        let mut sessions = self.sessions.borrow_mut();
+        let before = sessions.len();
+        sessions.retain(|_, s| !s.expired(ttl));
+        let live: std::collections::HashSet<u64> = sessions.values().map(|s| s.num).collect();
+        drop(sessions);
+        self.routing.borrow_mut().forget_sessions(|num| live.contains(&num));
+        before - self.sessions.borrow().len()
+    }
+
+    /// Number of client sessions kept.
+    pub fn session_count(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+
+    /// Whether session number `num` still exists (connected or resumable).
+    pub fn session_known(&self, num: u64) -> bool {
+        self.sessions.borrow().values().any(|s| s.num == num)
+    }
+
+    /// Whether session number `num` currently has a connection.
+    pub fn session_connected(&self, num: u64) -> bool {
+        self.subscribers.borrow().iter().any(|s| s.session == num)
+    }
+
+    fn guild_grace_over(&self) -> bool {
+        self.ready_at.get().is_some_and(|t| t.elapsed() >= GUILD_LOAD_GRACE)
+    }
+
+    /// Whether a missing guild is reported as unavailable to new clients.
+    pub fn report_missing(status: GuildStatus, grace_over: bool) -> bool {
+        status == GuildStatus::Unavailable || grace_over
+    }
+}
