@@ -245,13 +245,7 @@ impl ShardHub {
     /// GUILD_CREATEs from the cache and subscribes it in the same step:
     /// nothing can be published in between (single thread, no await), so
     /// the live stream continues exactly where the snapshot ends.
-    pub fn attach_new(
-        &self,
-        conn: u64,
-        queue: Rc<ClientQueue>,
-        fd: RawFd,
-        resume_url: &str,
-    ) -> Attached {
+    pub fn attach_new(&self, conn: u64, queue: Rc<ClientQueue>, fd: RawFd, resume_url: &str) -> Attached {
         let start = self.replay.borrow().next_index();
         let session = Rc::new(ClientSession::new(conn, self.id, start));
         let snapshot = crate::downstream::snapshot::build(self, &session.id, resume_url, self.guild_grace_over());

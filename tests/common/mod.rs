@@ -154,6 +154,8 @@ pub struct Client {
     /// Raw frames received, for compression checks.
     pub binary_frames: Vec<Vec<u8>>,
     pending: Vec<u8>,
+    /// Binary frames are whole zlib streams (Identify `compress: true`).
+    pub per_message_zlib: bool,
 }
 
 /// What a raw client observed.
@@ -170,10 +172,23 @@ pub enum Received {
 impl Client {
     /// Connects to `url` + `query` (e.g. `/?v=10&encoding=json`).
     pub async fn connect(url: &str, query: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{url}{query}")).await.expect("websocket connects");
+        Self::connect_with_buffer(url, query, None).await
+    }
+
+    /// Connects with a small socket receive buffer, to play a slow client.
+    pub async fn connect_with_buffer(url: &str, query: &str, recv_buffer: Option<u32>) -> Client {
+        let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let tcp = socket.connect(addr).await.expect("tcp connects");
+        let (ws, _) = tokio_tungstenite::client_async(format!("{url}{query}"), MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("websocket connects");
         let inflater = query.contains("zlib-stream").then(|| flate2::Decompress::new(true));
         let zstd = query.contains("zstd-stream").then(|| zstd::stream::raw::Decoder::new().unwrap());
-        Client { ws, inflater, zstd, binary_frames: Vec::new(), pending: Vec::new() }
+        Client { ws, inflater, zstd, binary_frames: Vec::new(), pending: Vec::new(), per_message_zlib: false }
     }
 
     /// Sends a JSON payload.
@@ -202,6 +217,13 @@ impl Client {
             };
             match msg {
                 Message::Text(t) => return Some(Received::Payload(serde_json::from_str(&t).expect("valid JSON"))),
+                Message::Binary(b) if self.per_message_zlib => {
+                    self.binary_frames.push(b.to_vec());
+                    let mut z = flate2::read::ZlibDecoder::new(&b[..]);
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(&mut z, &mut out).expect("a whole zlib stream");
+                    return Some(Received::Payload(serde_json::from_slice(&out).expect("inflated JSON")));
+                }
                 Message::Binary(b) if self.zstd.is_some() => {
                     use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
                     let decoder = self.zstd.as_mut().unwrap();
@@ -291,6 +313,23 @@ impl Client {
         self.send(json!({"op": 2, "d": {"token": token, "intents": 513, "shard": [shard, total],
             "properties": {"os": "linux", "browser": "test", "device": "test"}}}))
             .await;
+    }
+
+    /// Sends a Resume.
+    pub async fn resume(&mut self, token: &str, session_id: &str, seq: u64) {
+        self.send(json!({"op": 6, "d": {"token": token, "session_id": session_id, "seq": seq}})).await;
+    }
+
+    /// Reads dispatches until one with type `t`, returning those before it and it.
+    pub async fn dispatches_until(&mut self, t: &str) -> (Vec<Value>, Value) {
+        let mut before = Vec::new();
+        loop {
+            let d = self.dispatch().await;
+            if d["t"] == t {
+                return (before, d);
+            }
+            before.push(d);
+        }
     }
 
     /// Identifies and reads READY plus the GUILD_CREATE/GUILD_DELETE burst

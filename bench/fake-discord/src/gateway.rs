@@ -429,6 +429,7 @@ impl Conn {
             let mut state = self.inner.lock();
             let sh = state.shards.entry(id).or_default();
             sh.identifies += 1;
+            sh.last_identify = Some(d.clone());
             if let Some(code) = sh.fail_next_identify.take() {
                 return Err(End::Close(code));
             }

@@ -169,6 +169,7 @@ pub(crate) struct ShardState {
     pub(crate) resumes: u64,
     pub(crate) fail_next_identify: Option<u16>,
     pub(crate) commands: Vec<Value>,
+    pub(crate) last_identify: Option<Value>,
 }
 
 impl ShardState {
@@ -465,6 +466,11 @@ impl FakeDiscord {
     /// payloads: `{"op": .., "d": ..}`).
     pub fn commands(&self, shard: u32) -> Vec<Value> {
         self.inner.lock().shards.get(&shard).map(|s| s.commands.clone()).unwrap_or_default()
+    }
+
+    /// The `d` of the last Identify received for that shard.
+    pub fn last_identify(&self, shard: u32) -> Option<Value> {
+        self.inner.lock().shards.get(&shard).and_then(|s| s.last_identify.clone())
     }
 
     /// Number of open gateway connections (authenticated or not).
