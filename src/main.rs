@@ -76,9 +76,9 @@ fn run() -> Result<(), String> {
             local.len()
         );
     }
-    let listener = std::net::TcpListener::bind((config.host, config.port))
+    let listeners = runtime::listeners(std::net::SocketAddr::new(config.host, config.port), cores)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let client_resume_url = config.externally_accessible_url.clone().unwrap_or_else(|| {
         format!(
             "ws://{}",
@@ -100,5 +100,5 @@ fn run() -> Result<(), String> {
         client_resume_url,
     });
     log::info!("listening on http://{addr} (clients connect to ws://{addr}, resume at {})", shared.client_resume_url);
-    runtime::run(shared, listener)
+    runtime::run(shared, listeners)
 }

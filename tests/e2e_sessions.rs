@@ -99,6 +99,9 @@ async fn twilight_resumes_through_the_proxy_and_misses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_replays_exactly_what_was_missed_then_resumed_then_live() {
     let (fake, proxy) = setup(1, 2, json!({})).await;
+    // Another client of the shard shows when the proxy has an event.
+    let mut observer = client(&proxy).await;
+    observer.identify_and_load(fake.token(), 0, 1).await;
     let mut a = client(&proxy).await;
     let ready = a.identify_and_load(fake.token(), 0, 1).await;
     let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
@@ -114,6 +117,7 @@ async fn resume_replays_exactly_what_was_missed_then_resumed_then_live() {
     for n in 4..=7 {
         inject(&fake, 0, n);
     }
+    while content_n(&observer.dispatch().await) < 7 {}
     // Resume as if message 3 never arrived.
     let mut b = client(&proxy).await;
     assert_eq!(b.payload().await["op"], 10);
@@ -164,6 +168,8 @@ async fn refused_resumes_get_invalid_session_on_the_same_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_on_whichever_core_accepts_the_connection() {
     let (fake, proxy) = setup(2, 4, json!({"cores": 2})).await;
+    let mut observer = client(&proxy).await;
+    observer.identify_and_load(fake.token(), 1, 2).await;
     let mut c = client(&proxy).await;
     let ready = c.identify_and_load(fake.token(), 1, 2).await;
     let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
@@ -171,6 +177,7 @@ async fn a_session_resumes_on_whichever_core_accepts_the_connection() {
     drop(c);
     for n in 1..=6u64 {
         inject(&fake, 1, n);
+        assert_eq!(content_n(&observer.dispatch().await), n);
         let mut c = client(&proxy).await;
         assert_eq!(c.payload().await["op"], 10);
         c.resume(fake.token(), &session_id, seq).await;

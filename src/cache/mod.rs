@@ -31,6 +31,8 @@ pub fn is_cache_event(t: &[u8]) -> bool {
             | b"THREAD_UPDATE"
             | b"THREAD_DELETE"
             | b"THREAD_LIST_SYNC"
+            | b"THREAD_MEMBER_UPDATE"
+            | b"THREAD_MEMBERS_UPDATE"
             | b"GUILD_MEMBER_ADD"
             | b"GUILD_MEMBER_UPDATE"
             | b"GUILD_MEMBER_REMOVE"
@@ -140,6 +142,34 @@ struct ThreadListSync<'a> {
     channel_ids: Option<Vec<entities::SnowflakeString>>,
     #[serde(borrow)]
     threads: Vec<&'a RawValue>,
+    /// The current user's thread members of the synced threads it joined.
+    #[serde(borrow, default)]
+    members: Vec<&'a RawValue>,
+}
+
+/// A thread member object (THREAD_MEMBER_UPDATE, and inside other thread events).
+#[derive(Deserialize)]
+struct ThreadMember {
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    id: Option<u64>,
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    user_id: Option<u64>,
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    guild_id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ThreadMembersUpdate<'a> {
+    #[serde(deserialize_with = "snowflake")]
+    id: u64,
+    #[serde(deserialize_with = "snowflake")]
+    guild_id: u64,
+    #[serde(borrow)]
+    member_count: &'a RawValue,
+    #[serde(borrow, default)]
+    added_members: Vec<&'a RawValue>,
+    #[serde(default)]
+    removed_member_ids: Vec<entities::SnowflakeString>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +240,30 @@ struct Presence<'a> {
 fn without_keys(d: &str, drop: &[&str]) -> Option<Box<str>> {
     let pairs = parse_object(d)?;
     Some(write_object(pairs.iter().filter(|(k, _)| !drop.contains(&k.as_str())).map(|(k, v)| (k.as_str(), &**v))))
+}
+
+/// Keys of a thread member object that Discord omits on the member inside a
+/// thread of GUILD_CREATE (and the extras THREAD_MEMBERS_UPDATE adds).
+const THREAD_MEMBER_DROP: &[&str] = &["id", "user_id", "guild_id", "member", "presence"];
+
+/// Sets (`Some`) or removes (`None`) one key of the stored object `obj`.
+fn with_key(obj: &str, key: &str, value: Option<&RawValue>) -> Option<Box<str>> {
+    let mut pairs = parse_object(obj)?;
+    let at = pairs.iter().position(|(k, _)| k == key);
+    match (at, value) {
+        (Some(i), Some(v)) => pairs[i].1 = v.to_owned(),
+        (None, Some(v)) => pairs.push((key.to_owned(), v.to_owned())),
+        (Some(i), None) => {
+            pairs.remove(i);
+        }
+        (None, None) => return Some(obj.into()),
+    }
+    Some(write_object(pairs.iter().map(|(k, v)| (k.as_str(), &**v))))
+}
+
+/// The current user's thread member as GUILD_CREATE lists it inside a thread.
+fn short_thread_member(raw: &str) -> Option<Box<RawValue>> {
+    RawValue::from_string(without_keys(raw, THREAD_MEMBER_DROP)?.into()).ok()
 }
 
 /// Overlays the fields of `update` onto the stored object `old`.
@@ -357,10 +411,23 @@ impl ShardCache {
                 let th: ChannelLike = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&th.guild_id?)?;
                 if th.thread_metadata.is_some_and(|m| m.archived) {
+                    // Only active threads are listed.
                     guild.threads.remove(th.id);
                 } else {
-                    let stored = without_keys(d, &["newly_created"])?;
-                    guild.threads.insert(th.id, stored);
+                    let mut pairs = parse_object(d)?;
+                    pairs.retain(|(k, _)| k != "newly_created");
+                    match pairs.iter_mut().find(|(k, _)| k == "member") {
+                        // Added to the thread: our thread member, in GUILD_CREATE's form.
+                        Some(slot) => slot.1 = short_thread_member(slot.1.get())?,
+                        // Our membership does not change with the thread.
+                        None => {
+                            let old = guild.threads.get(th.id).and_then(parse_object);
+                            if let Some(member) = old.and_then(|o| o.into_iter().find(|(k, _)| k == "member")) {
+                                pairs.push(member);
+                            }
+                        }
+                    }
+                    guild.threads.insert(th.id, write_object(pairs.iter().map(|(k, v)| (k.as_str(), &**v))));
                 }
             }
             b"THREAD_DELETE" if flags.channels => {
@@ -385,6 +452,39 @@ impl ShardCache {
                         guild.threads.insert(id, th.get().into());
                     }
                 }
+                for m in sync.members {
+                    let Ok(ThreadMember { id: Some(id), .. }) = serde_json::from_str(m.get()) else { continue };
+                    if let Some(stored) = guild.threads.get(id) {
+                        let updated = with_key(stored, "member", Some(&*short_thread_member(m.get())?))?;
+                        guild.threads.insert(id, updated);
+                    }
+                }
+            }
+            b"THREAD_MEMBER_UPDATE" if flags.channels => {
+                // Always the current user's thread member.
+                let tm: ThreadMember = serde_json::from_str(d).ok()?;
+                let guild = self.guilds.get_mut(&tm.guild_id?)?;
+                let id = tm.id?;
+                let updated = with_key(guild.threads.get(id)?, "member", Some(&*short_thread_member(d)?))?;
+                guild.threads.insert(id, updated);
+            }
+            b"THREAD_MEMBERS_UPDATE" if flags.channels => {
+                let ev: ThreadMembersUpdate = serde_json::from_str(d).ok()?;
+                let bot_id = self.bot_id;
+                let guild = self.guilds.get_mut(&ev.guild_id)?;
+                let mut updated = with_key(guild.threads.get(ev.id)?, "member_count", Some(ev.member_count))?;
+                if let Some(bot_id) = bot_id {
+                    for m in &ev.added_members {
+                        let tm: ThreadMember = serde_json::from_str(m.get()).ok()?;
+                        if tm.user_id == Some(bot_id) {
+                            updated = with_key(&updated, "member", Some(&*short_thread_member(m.get())?))?;
+                        }
+                    }
+                    if ev.removed_member_ids.iter().any(|r| r.0 == bot_id) {
+                        updated = with_key(&updated, "member", None)?;
+                    }
+                }
+                guild.threads.insert(ev.id, updated);
             }
             b"GUILD_MEMBER_ADD" => {
                 let gid = serde_json::from_str::<GuildIdOnly>(d).ok()?.guild_id;
@@ -431,17 +531,30 @@ impl ShardCache {
                     }
                 }
                 if flags.presences {
+                    // Like PRESENCE_UPDATE: offline members are not listed.
                     for p in chunk.presences.unwrap_or_default() {
-                        if let Some(uid) = user_id_of(p) {
-                            guild.presences.insert(uid, p.get().into());
+                        let Ok(presence) = serde_json::from_str::<Presence>(p.get()) else { continue };
+                        if presence.status == Some("offline") {
+                            guild.presences.remove(presence.user.id);
+                        } else {
+                            guild.presences.insert(presence.user.id, without_keys(p.get(), &["guild_id"])?);
                         }
                     }
                 }
             }
-            b"GUILD_EMOJIS_UPDATE"
-            | b"GUILD_STICKERS_UPDATE"
-            | b"GUILD_SOUNDBOARD_SOUNDS_UPDATE"
-            | b"SOUNDBOARD_SOUNDS" => {
+            b"GUILD_SOUNDBOARD_SOUNDS_UPDATE" if flags.soundboard_sounds => {
+                // Several sounds updated at once: only the listed ones change.
+                let ev: ListUpdate = serde_json::from_str(d).ok()?;
+                let guild = self.guilds.get_mut(&ev.guild_id)?;
+                let sounds: Vec<&RawValue> = serde_json::from_str(ev.soundboard_sounds?.get()).ok()?;
+                for sound in sounds {
+                    if let Some(id) = sound_id_of(sound) {
+                        guild.soundboard_sounds.insert(id, sound.get().into());
+                    }
+                }
+            }
+            // Each carries the guild's whole list (SOUNDBOARD_SOUNDS answers op 31).
+            b"GUILD_EMOJIS_UPDATE" | b"GUILD_STICKERS_UPDATE" | b"SOUNDBOARD_SOUNDS" => {
                 let ev: ListUpdate = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&ev.guild_id)?;
                 if let (Some(list), true) = (ev.emojis, flags.emojis) {

@@ -3,6 +3,8 @@
 //! Cores talk only through glommio's channel mesh, and only to hand a client
 //! connection to the core that owns its shard.
 
+pub mod offload;
+
 use crate::{
     config::Config,
     downstream::{client::Handover, listener},
@@ -17,7 +19,7 @@ use std::{
     cell::Cell,
     collections::HashMap,
     ops::Range,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
     rc::Rc,
     sync::Arc,
     time::Duration,
@@ -83,21 +85,44 @@ impl Core {
     }
 }
 
+/// One listening socket per core, all bound to `addr` with SO_REUSEPORT
+/// (the kernel spreads connections over them). Each core must own its own
+/// socket: glommio's accept toggles O_NONBLOCK on the open file around a
+/// try-accept, so two cores sharing one socket can leave each other in a
+/// blocking accept() that stalls a whole executor.
+pub fn listeners(addr: std::net::SocketAddr, cores: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let bind = |addr: std::net::SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let first = bind(addr)?;
+    // With port 0 the first bind picks the port; the others join it.
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..cores {
+        all.push(bind(actual)?);
+    }
+    Ok(all)
+}
+
 /// Starts one executor per core and blocks until they all end.
-pub fn run(shared: Arc<Shared>, listener: std::net::TcpListener) -> Result<(), String> {
+pub fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> Result<(), String> {
     let cores = shared.cores;
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     if cores > core_ids.len().max(1) {
         log::warn!("`cores` is {cores} but the process may use {} CPUs: executors will share CPUs", core_ids.len());
     }
     let mesh: MeshBuilder<Handover, _> = MeshBuilder::full(cores, MESH_CAPACITY);
-    let listener_fd: Arc<OwnedFd> = Arc::new(listener.into());
     let mut handles = Vec::with_capacity(cores);
-    for index in 0..cores {
+    for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let mesh = mesh.clone();
         let pin = core_ids.get(index % core_ids.len().max(1)).copied();
-        let fd = listener_fd.try_clone().map_err(|e| format!("cannot share the listening socket: {e}"))?;
+        let fd: OwnedFd = listener.into();
         let handle = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("core-{index}"))
             .io_memory(IO_MEMORY)
@@ -168,13 +193,6 @@ async fn core_main(
         .detach();
     }
     // SAFETY: `listener` is a valid listening socket we own; glommio takes it over.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(into_raw(listener)) };
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
     listener::accept_loop(core, listener).await;
-}
-
-fn into_raw(fd: OwnedFd) -> i32 {
-    use std::os::fd::IntoRawFd;
-    let raw = fd.as_raw_fd();
-    let _ = fd.into_raw_fd();
-    raw
 }

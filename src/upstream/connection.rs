@@ -60,17 +60,20 @@ impl AsyncWrite for GatewayStream {
 /// An open gateway websocket.
 pub type GatewaySocket = WebSocketStream<GatewayStream>;
 
-/// Resolves a host off the executor thread.
+/// Resolves a host off the executor thread (IP literals need no lookup).
 pub async fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
     let host = host.to_owned();
-    glommio::executor()
-        .spawn_blocking(move || {
-            (host.as_str(), port)
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} does not resolve")))
-        })
-        .await
+    crate::runtime::offload::run_blocking("dns", move || {
+        (host.as_str(), port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} does not resolve")))
+    })
+    .await
+    .unwrap_or_else(|| Err(io::Error::other("DNS helper thread failed")))
 }
 
 /// Connects to `url` (a gateway URL; the query `v=10&encoding=json` is added).

@@ -13,9 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How often a waiting shard checks for its grant, in case a wake-up was lost.
-const GRANT_POLL: Duration = Duration::from_millis(50);
-
 /// Minimum spacing between two Identifies of one bucket.
 pub const BUCKET_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -44,27 +41,12 @@ impl IdentifyQueue {
 
     /// Resolves when `shard` may send its Identify.
     pub async fn wait_turn(&self, shard: u32) {
-        let (grant, mut granted) = oneshot::channel();
+        let (grant, granted) = oneshot::channel();
         if self.tx.send(Request { shard, grant }).is_err() {
             return;
         }
-        // The grant wakes this task from another thread. glommio can miss
-        // such a wake-up when it races with the executor going to sleep
-        // (seen in tests: a core slept through its turn), so the grant is
-        // also polled; a lost wake-up then costs at most one poll period.
-        loop {
-            match granted.try_recv() {
-                Ok(Some(())) | Err(_) => return,
-                Ok(None) => {}
-            }
-            futures_lite::future::or(
-                async {
-                    let _ = (&mut granted).await;
-                },
-                glommio::timer::sleep(GRANT_POLL),
-            )
-            .await;
-        }
+        // The grant wakes this task from another thread (see runtime::offload).
+        let _ = crate::runtime::offload::recv_across_threads(granted).await;
     }
 }
 

@@ -134,6 +134,7 @@ async fn connect_once(
             shared.gateway_url.clone()
         }
     };
+    log::debug!("[shard {}] connecting to {url}", hub.id);
     let mut ws = match connection::connect(&url).await {
         Ok(ws) => ws,
         Err(e) => {
