@@ -1,10 +1,9 @@
 //! Running blocking work (DNS) off the executor threads.
 //!
 //! The result comes back through a futures oneshot whose wake-up crosses
-//! threads. glommio can miss such a wake-up when it races with the executor
-//! going to sleep (seen in CI: a shard's connect hung on its DNS lookup), so
-//! the awaiting task also polls the oneshot; a lost wake-up then costs at
-//! most one poll period instead of a stalled shard.
+//! threads and reaches glommio through its foreign-wake path. The awaiting
+//! task also polls the oneshot at a low rate, so that a missed wake-up, if
+//! one ever happens, costs one poll period rather than a stalled shard.
 
 use futures_channel::oneshot;
 use std::time::Duration;
