@@ -49,7 +49,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Which parts of guild state are cached (and so replayed in GUILD_CREATE).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct CacheConfig {
     /// Channels and threads.
@@ -139,6 +139,7 @@ struct RawConfig {
     replay_buffer: usize,
     max_sessions: usize,
     compression: bool,
+    state_file: Option<std::path::PathBuf>,
     #[serde(flatten)]
     unknown: serde_json::Map<String, serde_json::Value>,
 }
@@ -169,6 +170,7 @@ impl Default for RawConfig {
             replay_buffer: 10_000,
             max_sessions: 64,
             compression: true,
+            state_file: None,
             unknown: Default::default(),
         }
     }
@@ -223,6 +225,8 @@ pub struct Config {
     pub max_sessions: usize,
     /// Whether transport compression is offered to clients (false: plain JSON whatever they ask).
     pub compression: bool,
+    /// Where state is written at shutdown and read at start, for restarts without re-identifying.
+    pub state_file: Option<std::path::PathBuf>,
     /// Keys present in the file that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -316,6 +320,7 @@ impl Config {
             replay_buffer: raw.replay_buffer,
             max_sessions: raw.max_sessions,
             compression: raw.compression,
+            state_file: raw.state_file,
             unknown_keys: raw.unknown.keys().cloned().collect(),
         })
     }

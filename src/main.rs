@@ -4,10 +4,17 @@
 use gateway_proxy::{
     config::Config,
     preflight,
-    runtime::{self, Shared},
+    runtime::{self, lifecycle::Signals, Shared},
+    state_file::{self, SavedShard},
     upstream::{discovery, identify_queue::IdentifyQueue},
 };
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 const USAGE: &str = "usage: gateway-proxy [--config PATH | PATH]\n\n\
 Runs the Discord gateway proxy with the given config file (default ./config.json).\n\
@@ -49,7 +56,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let path = config_path()?;
     let config = Config::load(&path).map_err(|e| e.to_string())?;
-    env_logger::Builder::new().parse_filters(&config.log_level).parse_env("RUST_LOG").format_timestamp_millis().init();
+    gateway_proxy::logging::init(&config.log_level);
     for key in &config.unknown_keys {
         log::warn!("config key `{key}` is not used by this version; ignored");
     }
@@ -86,6 +93,16 @@ fn run() -> Result<(), String> {
         )
     });
     let gateway_url = config.gateway_url.clone().unwrap_or(gateway.url.trim_end_matches('/').to_owned());
+    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let restore: HashMap<u32, SavedShard> = config
+        .state_file
+        .as_deref()
+        .and_then(|p| state_file::load(p, &config.token, total_shards))
+        .map(|s| s.shards.into_iter().filter(|s| local.contains(&s.id)).map(|s| (s.id, s)).collect())
+        .unwrap_or_default();
+    let (saved_tx, saved_rx) = crossbeam_channel::unbounded();
+    let state_path = config.state_file.clone();
+    let token = config.token.clone();
     let shared = Arc::new(Shared {
         identify_queue: IdentifyQueue::start(
             limit.max_concurrency,
@@ -98,7 +115,20 @@ fn run() -> Result<(), String> {
         cores,
         gateway_url,
         client_resume_url,
+        config_path: Some(path.clone()),
+        signals,
+        restore: Mutex::new(restore),
+        saved: saved_tx,
     });
     log::info!("listening on http://{addr} (clients connect to ws://{addr}, resume at {})", shared.client_resume_url);
-    runtime::run(shared, listeners)
+    runtime::run(shared, listeners)?;
+    let shards: Vec<SavedShard> = saved_rx.try_iter().flatten().collect();
+    if let Some(path) = state_path {
+        match state_file::save(&path, shards, &token, total_shards) {
+            Ok(()) => log::info!("state written to {}; a restart resumes without identifying", path.display()),
+            Err(e) => log::error!("cannot write the state file {}: {e}", path.display()),
+        }
+    }
+    log::info!("stopped");
+    Ok(())
 }

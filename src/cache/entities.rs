@@ -35,7 +35,7 @@ impl Hasher for IdHasher {
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Raw JSON entities by id.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, Deserialize)]
 pub struct Entities {
     map: IdMap<Box<str>>,
 }

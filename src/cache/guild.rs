@@ -23,7 +23,7 @@ const COLLECTION_KEYS: &[&str] = &[
 ];
 
 /// Everything cached about one available guild.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Guild {
     /// The guild object's other fields, as a JSON object, kept as Discord sent them.
     base: Box<str>,

@@ -56,7 +56,7 @@ pub fn is_cache_event(t: &[u8]) -> bool {
 }
 
 /// Where a guild stands for a client that identifies now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub enum GuildStatus {
     /// Listed in READY; its GUILD_CREATE has not arrived from Discord yet.
     Pending,
@@ -65,7 +65,7 @@ pub enum GuildStatus {
 }
 
 /// The cached state of one shard.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
 pub struct ShardCache {
     flags: CacheConfig,
     /// The bot's user object (READY `user`, kept current by USER_UPDATE).
@@ -285,6 +285,11 @@ impl ShardCache {
     /// An empty cache keeping what `flags` asks for.
     pub fn new(flags: CacheConfig) -> Self {
         Self { flags, ..Self::default() }
+    }
+
+    /// Replaces the cache flags (after a restore, the config in force decides).
+    pub fn set_flags(&mut self, flags: CacheConfig) {
+        self.flags = flags;
     }
 
     /// The bot user's JSON, once READY was seen.

@@ -41,7 +41,7 @@ pub fn shard_of(session_id: &str) -> Option<u32> {
 
 /// Where a stream resumes: the replay index and the sequence number of the
 /// last dispatch sent, as of one generation (connection) of the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Index of the first dispatch not yet sent.
     pub resume_from: u64,
@@ -66,6 +66,21 @@ impl ClientSession {
             floor_seq: Cell::new(0),
             connection: Cell::new(None),
             disconnected_at: Cell::new(None),
+        }
+    }
+
+    /// A session read back from the state file, disconnected as of now.
+    pub fn restored(num: u64, id: String, shard: u32, pos: Position) -> Self {
+        Self {
+            num,
+            id,
+            shard,
+            generation: Cell::new(0),
+            resume_from: Cell::new(pos.resume_from),
+            sent_seq: Cell::new(pos.sent_seq),
+            floor_seq: Cell::new(pos.floor_seq),
+            connection: Cell::new(None),
+            disconnected_at: Cell::new(Some(Instant::now())),
         }
     }
 

@@ -50,7 +50,7 @@ pub enum ShardStatus {
 }
 
 /// The upstream session, as needed to resume it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpstreamSession {
     /// Discord's session id.
     pub session_id: String,
@@ -58,6 +58,15 @@ pub struct UpstreamSession {
     pub seq: u64,
     /// Where to resume.
     pub resume_url: String,
+}
+
+/// What the shard task is asked to send or do.
+#[derive(Debug)]
+pub enum UpstreamCommand {
+    /// A client command payload for Discord.
+    Payload(Vec<u8>),
+    /// Close the connection with a resumable code and stop (proxy shutdown).
+    Stop,
 }
 
 /// A client connection subscribed to a shard's live stream.
@@ -105,8 +114,8 @@ pub struct ShardHub {
     subscribers: RefCell<Vec<Subscriber>>,
     session: RefCell<Option<UpstreamSession>>,
     ready_at: Cell<Option<Instant>>,
-    commands: LocalSender<Vec<u8>>,
-    commands_rx: RefCell<Option<LocalReceiver<Vec<u8>>>>,
+    commands: LocalSender<UpstreamCommand>,
+    commands_rx: RefCell<Option<LocalReceiver<UpstreamCommand>>>,
     status_waiters: RefCell<Vec<futures_channel::oneshot::Sender<()>>>,
     replay: RefCell<ReplayBuffer>,
     sessions: RefCell<HashMap<String, Rc<ClientSession>>>,
@@ -138,6 +147,61 @@ impl ShardHub {
             routing: RefCell::default(),
             lagged_clients: Cell::new(0),
         })
+    }
+
+    /// A hub restored from the state file: cache, upstream session (so the
+    /// shard resumes instead of identifying), replay buffer, client sessions.
+    pub fn restore(saved: crate::state_file::SavedShard, total: u32, config: &Config) -> Rc<Self> {
+        let hub = Self::new(saved.id, total, config);
+        let mut cache = saved.cache;
+        cache.set_flags(config.cache.clone());
+        *hub.cache.borrow_mut() = cache;
+        hub.set_session(saved.session);
+        let events = saved
+            .replay
+            .into_iter()
+            .map(|d| {
+                let mut dispatch = Dispatch::from_parts(d.raw.into_bytes().into_boxed_slice(), d.seq.0..d.seq.1);
+                if let Some(t) = d.target {
+                    dispatch = dispatch.for_session(t);
+                }
+                dispatch
+            })
+            .collect();
+        *hub.replay.borrow_mut() =
+            ReplayBuffer::restore(config.replay_buffer, REPLAY_MAX_BYTES, saved.replay_first, events);
+        for s in saved.sessions {
+            hub.store_session(Rc::new(ClientSession::restored(s.num, s.id, saved.id, s.position)));
+        }
+        *hub.routing.borrow_mut() = Routing::import(saved.routing);
+        hub
+    }
+
+    /// Everything a restart needs, taken at shutdown.
+    pub fn export(&self) -> crate::state_file::SavedShard {
+        use crate::state_file::{SavedDispatch, SavedSession, SavedShard};
+        let replay = self.replay.borrow();
+        SavedShard {
+            id: self.id,
+            session: self.session(),
+            cache: std::mem::take(&mut *self.cache.borrow_mut()),
+            replay_first: replay.first_index(),
+            replay: replay
+                .since(replay.first_index())
+                .map(|d| SavedDispatch {
+                    raw: String::from_utf8_lossy(d.raw()).into_owned(),
+                    seq: (d.seq_range().start, d.seq_range().end),
+                    target: d.target(),
+                })
+                .collect(),
+            sessions: self
+                .sessions
+                .borrow()
+                .values()
+                .map(|s| SavedSession { num: s.num, id: s.id.clone(), position: s.position() })
+                .collect(),
+            routing: self.routing.borrow().export(),
+        }
     }
 
     /// The current status.
@@ -192,14 +256,26 @@ impl ShardHub {
     }
 
     /// Takes the receiving end of the command queue (once, by the shard task).
-    pub fn take_commands(&self) -> Option<LocalReceiver<Vec<u8>>> {
+    pub fn take_commands(&self) -> Option<LocalReceiver<UpstreamCommand>> {
         self.commands_rx.borrow_mut().take()
     }
 
     /// Queues a command (op 3, 4, 8, 31) for Discord.
     pub fn send_command(&self, payload: Vec<u8>) {
         // Unbounded: the upstream rate limiter drains it at Discord's pace.
-        let _ = self.commands.try_send(payload);
+        let _ = self.commands.try_send(UpstreamCommand::Payload(payload));
+    }
+
+    /// Asks the shard task to close its connection resumably and stop.
+    pub fn request_stop(&self) {
+        let _ = self.commands.try_send(UpstreamCommand::Stop);
+    }
+
+    /// Closes every client with a resumable code (the proxy is restarting).
+    pub fn close_clients(&self, reason: &str) {
+        for sub in self.subscribers.borrow_mut().drain(..) {
+            sub.queue.abort(LAGGING_CLOSE, reason, sub.fd);
+        }
     }
 
     /// Number of connected clients.

@@ -21,6 +21,18 @@ impl ReplayBuffer {
         Self { events: VecDeque::new(), first: 0, bytes: 0, max_events, max_bytes }
     }
 
+    /// A buffer holding `events`, the first of which has index `first`.
+    pub fn restore(max_events: usize, max_bytes: usize, first: u64, events: Vec<Dispatch>) -> Self {
+        let mut b = Self::new(max_events, max_bytes);
+        b.first = first;
+        for mut d in events {
+            d.set_index(b.next_index());
+            b.bytes += d.heap_bytes();
+            b.events.push_back(Rc::new(d));
+        }
+        b
+    }
+
     /// Index the next pushed dispatch gets.
     pub fn next_index(&self) -> u64 {
         self.first + self.events.len() as u64

@@ -22,6 +22,14 @@ use std::{
 /// How long a member request may wait for its chunks before its route is forgotten.
 const NONCE_TTL: Duration = Duration::from_secs(300);
 
+/// What of the routing state survives a restart: the kept voice sessions
+/// and the presence (pending member requests die with their connections).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SavedRouting {
+    presence: Option<Box<str>>,
+    voice: Vec<(u64, Voice)>,
+}
+
 /// A pending member request.
 #[derive(Debug)]
 struct MemberRequest {
@@ -31,7 +39,7 @@ struct MemberRequest {
 }
 
 /// The bot's voice connection in one guild.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Voice {
     requester: Option<u64>,
     channel_id: Option<u64>,
@@ -193,6 +201,19 @@ impl Routing {
     /// The presence a client last set, for Identify.
     pub fn presence(&self) -> Option<&str> {
         self.presence.as_deref()
+    }
+
+    /// The part that survives a restart.
+    pub fn export(&self) -> SavedRouting {
+        SavedRouting {
+            presence: self.presence.clone(),
+            voice: self.voice.iter().map(|(g, v)| (*g, v.clone())).collect(),
+        }
+    }
+
+    /// Routing state read back from the state file.
+    pub fn import(saved: SavedRouting) -> Self {
+        Self { presence: saved.presence, voice: saved.voice.into_iter().collect(), ..Self::default() }
     }
 
     /// Forgets routes of sessions that no longer exist and requests that were never answered.

@@ -75,6 +75,11 @@ impl Dispatch {
         self.target.is_none_or(|t| t == session)
     }
 
+    /// Where the sequence number sits in the payload.
+    pub fn seq_range(&self) -> Range<usize> {
+        self.seq.clone()
+    }
+
     /// The bytes before the sequence number.
     pub fn head(&self) -> &[u8] {
         &self.raw[..self.seq.start]

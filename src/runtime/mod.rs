@@ -3,12 +3,14 @@
 //! Cores talk only through glommio's channel mesh, and only to hand a client
 //! connection to the core that owns its shard.
 
+pub mod lifecycle;
 pub mod offload;
 
 use crate::{
     config::Config,
     downstream::{client::Handover, listener},
     hub::ShardHub,
+    state_file::SavedShard,
     upstream::{identify_queue::IdentifyQueue, shard},
 };
 use glommio::{
@@ -28,6 +30,8 @@ use std::{
 /// io_uring buffer memory per executor: the proxy does no storage I/O, so a
 /// small registered area keeps RSS and locked memory down.
 const IO_MEMORY: usize = 256 << 10;
+/// How long shard tasks get to close their connections at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often expired client sessions are dropped.
 const SESSION_SWEEP: Duration = Duration::from_secs(5);
 /// Handovers in flight between two cores.
@@ -47,8 +51,16 @@ pub struct Shared {
     pub gateway_url: String,
     /// What clients are told to resume at.
     pub client_resume_url: String,
+    /// The config file, re-read on SIGHUP.
+    pub config_path: Option<std::path::PathBuf>,
     /// Identify pacing.
     pub identify_queue: IdentifyQueue,
+    /// Signal flags.
+    pub signals: lifecycle::Signals,
+    /// Shards read back from the state file, taken by their core at start.
+    pub restore: std::sync::Mutex<HashMap<u32, SavedShard>>,
+    /// Where cores hand their shards' state at shutdown.
+    pub saved: crossbeam_channel::Sender<Vec<SavedShard>>,
 }
 
 impl Shared {
@@ -156,17 +168,28 @@ async fn core_main(
         .local
         .clone()
         .filter(|s| shared.core_of(*s) == index)
-        .map(|s| (s, ShardHub::new(s, shared.total_shards, &shared.config)))
+        .map(|s| {
+            let saved = shared.restore.lock().ok().and_then(|mut r| r.remove(&s));
+            let hub = match saved {
+                Some(saved) => ShardHub::restore(saved, shared.total_shards, &shared.config),
+                None => ShardHub::new(s, shared.total_shards, &shared.config),
+            };
+            (s, hub)
+        })
         .collect();
     log::info!("core {index}: shards {:?}", {
         let mut ids: Vec<_> = hubs.keys().copied().collect();
         ids.sort_unstable();
         ids
     });
-    let core = Rc::new(Core { index, shared: shared.clone(), hubs, mesh: senders, next_conn: Cell::new(0) });
-    for hub in core.hubs.values() {
-        glommio::spawn_local(shard::run(hub.clone(), shared.clone())).detach();
-    }
+    // Connection ids (which also number client sessions) must not repeat
+    // those of a previous run whose sessions were restored: start from the clock.
+    let first_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) << 10;
+    let core = Rc::new(Core { index, shared: shared.clone(), hubs, mesh: senders, next_conn: Cell::new(first_id) });
+    let shard_tasks: Vec<_> =
+        core.hubs.values().map(|hub| glommio::spawn_local(shard::run(hub.clone(), shared.clone()))).collect();
+    glommio::spawn_local(watch_reloads(core.clone())).detach();
     {
         let core = core.clone();
         let ttl = Duration::from_secs(shared.config.session_ttl);
@@ -194,5 +217,73 @@ async fn core_main(
     }
     // SAFETY: `listener` is a valid listening socket we own; glommio takes it over.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    listener::accept_loop(core, listener).await;
+    futures_lite::future::or(listener::accept_loop(core.clone(), listener), shared.signals.wait_shutdown()).await;
+    shutdown(&core, shard_tasks).await;
+}
+
+/// Stops this core so that a restart resumes everything: upstream
+/// connections closed with a resumable code, clients told to resume, and
+/// each shard's state handed to the main thread for the state file.
+async fn shutdown(core: &Core, shard_tasks: Vec<glommio::Task<()>>) {
+    log::info!("core {}: shutting down", core.index);
+    for hub in core.hubs.values() {
+        hub.request_stop();
+    }
+    futures_lite::future::or(
+        async {
+            for t in shard_tasks {
+                t.await;
+            }
+        },
+        glommio::timer::sleep(SHUTDOWN_GRACE),
+    )
+    .await;
+    for hub in core.hubs.values() {
+        hub.close_clients("proxy restarting: resume");
+    }
+    // Let writers put their close frames on the wire.
+    glommio::timer::sleep(Duration::from_millis(200)).await;
+    let parts: Vec<SavedShard> = core.hubs.values().map(|h| h.export()).collect();
+    let _ = core.shared.saved.send(parts);
+}
+
+/// On SIGHUP: re-reads the config file; applies `log_level` (core 0) and
+/// the configured presence to shards whose bot did not set its own.
+async fn watch_reloads(core: Rc<Core>) {
+    let mut seen = core.shared.signals.reloads();
+    loop {
+        glommio::timer::sleep(lifecycle::WATCH_PERIOD).await;
+        let now = core.shared.signals.reloads();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        log::debug!("core {}: SIGHUP received; reloading the config", core.index);
+        let Some(path) = core.shared.config_path.clone() else { continue };
+        let loaded = offload::run_blocking("config-reload", move || Config::load(&path)).await;
+        let config = match loaded {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                log::error!("SIGHUP: config not reloaded: {e}");
+                continue;
+            }
+            None => {
+                log::error!("SIGHUP: config not reloaded: the reader thread failed");
+                continue;
+            }
+        };
+        if core.index == 0 {
+            crate::logging::reload(&config.log_level);
+            log::info!("SIGHUP: log level is now `{}`", config.log_level);
+        }
+        for hub in core.hubs.values() {
+            if let Some(presence) = shard::config_presence(&config, hub.id) {
+                if hub.routing.borrow().presence().is_none() {
+                    let payload = serde_json::json!({"op": 3, "d": presence}).to_string().into_bytes();
+                    hub.send_command(payload);
+                    log::info!("[shard {}] SIGHUP: presence updated from the config", hub.id);
+                }
+            }
+        }
+    }
 }

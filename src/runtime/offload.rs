@@ -19,13 +19,14 @@ pub async fn recv_across_threads<T>(mut rx: oneshot::Receiver<T>) -> Option<T> {
             Ok(None) => {}
             Err(_) => return None,
         }
-        futures_lite::future::or(
-            async {
-                let _ = (&mut rx).await;
-            },
-            glommio::timer::sleep(POLL),
-        )
+        let woken = futures_lite::future::or(async { Some((&mut rx).await) }, async {
+            glommio::timer::sleep(POLL).await;
+            None
+        })
         .await;
+        if let Some(result) = woken {
+            return result.ok();
+        }
     }
 }
 
@@ -39,4 +40,24 @@ pub async fn run_blocking<T: Send + 'static>(name: &str, f: impl FnOnce() -> T +
         })
         .ok()?;
     recv_across_threads(rx).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_arrive_whether_woken_or_polled() {
+        glommio::LocalExecutor::default().run(async {
+            assert_eq!(run_blocking("t", || 7).await, Some(7));
+            let slow = run_blocking("t", || {
+                std::thread::sleep(Duration::from_millis(60));
+                8
+            });
+            assert_eq!(slow.await, Some(8));
+            let (tx, rx) = oneshot::channel::<u8>();
+            drop(tx);
+            assert_eq!(recv_across_threads(rx).await, None);
+        });
+    }
 }

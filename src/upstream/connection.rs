@@ -104,3 +104,15 @@ pub async fn connect(url: &str) -> io::Result<GatewaySocket> {
         other => io::Error::new(io::ErrorKind::TimedOut, other.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resolves_names_off_the_executor_and_literals_directly() {
+        glommio::LocalExecutor::default().run(async {
+            assert_eq!(super::resolve("127.0.0.1", 80).await.unwrap().port(), 80);
+            let addr = super::resolve("localhost", 443).await.expect("localhost resolves");
+            assert!(addr.ip().is_loopback());
+        });
+    }
+}

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     cache::is_cache_event,
-    hub::{routing::Route, ShardHub, ShardStatus, UpstreamSession},
+    hub::{routing::Route, ShardHub, ShardStatus, UpstreamCommand, UpstreamSession},
     protocol::{
         close_code::{CloseCode, Reconnect},
         dispatch::Dispatch,
@@ -47,6 +47,8 @@ enum Outcome {
     Fatal(u16),
     /// Connecting failed; try again after backoff.
     ConnectFailed,
+    /// The proxy is shutting down; the session stays resumable.
+    Stopped,
 }
 
 /// Capped exponential backoff with jitter.
@@ -82,6 +84,11 @@ pub async fn run(hub: Rc<ShardHub>, shared: Arc<Shared>) {
                 hub.set_status(ShardStatus::Failed(code));
                 return;
             }
+            Outcome::Stopped => {
+                log::info!("[shard {}] stopped; session kept resumable", hub.id);
+                hub.set_status(ShardStatus::Connecting);
+                return;
+            }
             Outcome::Resume => hub.set_status(ShardStatus::Connecting),
             Outcome::Identify(delay) => {
                 hub.set_session(None);
@@ -111,14 +118,14 @@ struct ReadySession {
 
 enum Wake {
     Message(Option<Result<Message, tungstenite::Error>>),
-    Command(Option<Vec<u8>>),
+    Command(Option<UpstreamCommand>),
     Timer,
 }
 
 async fn connect_once(
     hub: &Rc<ShardHub>,
     shared: &Shared,
-    commands: &mut LocalReceiver<Vec<u8>>,
+    commands: &mut LocalReceiver<UpstreamCommand>,
     pending: &mut VecDeque<Vec<u8>>,
     backoff: &mut Backoff,
 ) -> Outcome {
@@ -204,7 +211,11 @@ async fn connect_once(
         )
         .await;
         match wake {
-            Wake::Command(Some(cmd)) => {
+            Wake::Command(Some(UpstreamCommand::Stop)) => {
+                close_for_resume(&mut ws).await;
+                return Outcome::Stopped;
+            }
+            Wake::Command(Some(UpstreamCommand::Payload(cmd))) => {
                 if pending.len() >= MAX_PENDING_COMMANDS {
                     log::warn!("[shard {}] command queue full; dropping the oldest command", hub.id);
                     pending.pop_front();
@@ -455,24 +466,30 @@ pub fn identify_payload(shared: &Shared, shard: u32, client_presence: Option<&st
     });
     if let Some(presence) = client_presence.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()) {
         d["presence"] = presence;
-    } else if config.activity.is_some() || config.status != "online" {
-        let activities: Vec<serde_json::Value> = config
-            .activity
-            .iter()
-            .map(|a| {
-                let mut v =
-                    serde_json::json!({"name": a.name.replace("{{shard}}", &shard.to_string()), "type": a.kind});
-                if let Some(url) = &a.url {
-                    v["url"] = url.clone().into();
-                }
-                if let Some(state) = &a.state {
-                    v["state"] = state.replace("{{shard}}", &shard.to_string()).into();
-                }
-                v
-            })
-            .collect();
-        d["presence"] =
-            serde_json::json!({"since": null, "activities": activities, "status": config.status, "afk": false});
+    } else if let Some(presence) = config_presence(config, shard) {
+        d["presence"] = presence;
     }
     serde_json::json!({"op": op::IDENTIFY, "d": d})
+}
+
+/// The presence the config asks for (`activity`, `status`), if any.
+pub fn config_presence(config: &crate::config::Config, shard: u32) -> Option<serde_json::Value> {
+    if config.activity.is_none() && config.status == "online" {
+        return None;
+    }
+    let activities: Vec<serde_json::Value> = config
+        .activity
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::json!({"name": a.name.replace("{{shard}}", &shard.to_string()), "type": a.kind});
+            if let Some(url) = &a.url {
+                v["url"] = url.clone().into();
+            }
+            if let Some(state) = &a.state {
+                v["state"] = state.replace("{{shard}}", &shard.to_string()).into();
+            }
+            v
+        })
+        .collect();
+    Some(serde_json::json!({"since": null, "activities": activities, "status": config.status, "afk": false}))
 }

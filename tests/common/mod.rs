@@ -24,6 +24,10 @@ pub struct Proxy {
     pub addr: String,
     /// Everything the proxy logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The config file it runs with.
+    pub config_path: std::path::PathBuf,
+    /// The config it runs with.
+    pub config: Value,
 }
 
 impl Proxy {
@@ -77,12 +81,30 @@ impl Proxy {
             .await
             .unwrap()
             .unwrap_or_else(|_| panic!("proxy did not start; log: {:?}", log.lock().unwrap()));
-        Proxy { child, addr, log }
+        Proxy { child, addr, log, config_path: path, config }
     }
 
     /// `ws://ADDR`
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// Whether the proxy process is still running.

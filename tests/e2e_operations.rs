@@ -1,0 +1,115 @@
+//! Operations: restart without re-identify (state file), SIGHUP reload.
+
+mod common;
+
+use common::{fake, message, wait_connected, Client, Proxy, Received, WAIT};
+use serde_json::{json, Value};
+
+fn inject(fake: &fake_discord::FakeDiscord, shard: u32, n: u64) {
+    let guild = fake.guild_ids_for_shard(shard, fake.config().shards)[0];
+    fake.inject(shard, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), n, &format!("m{n}"))).unwrap();
+}
+
+fn content_n(ev: &Value) -> u64 {
+    ev["d"]["content"].as_str().and_then(|c| c.strip_prefix('m')).and_then(|n| n.parse().ok()).expect("a test message")
+}
+
+fn state_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-proxy-state-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("state.json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_shards_and_clients_without_identifying() {
+    let fake = fake(2, 4).await;
+    let state = state_path("restart");
+    let mut proxy = Proxy::start(&fake, json!({"state_file": state, "cores": 2})).await;
+    wait_connected(&fake, &proxy, 0..2).await;
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    let ready = c.identify_and_load(fake.token(), 0, 2).await;
+    let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let mut seq = 1 + ready["d"]["guilds"].as_array().unwrap().len() as u64;
+    for n in 1..=3 {
+        inject(&fake, 0, n);
+    }
+    for n in 1..=3 {
+        let ev = c.dispatch().await;
+        seq += 1;
+        assert_eq!((ev["s"].as_u64().unwrap(), content_n(&ev)), (seq, n));
+    }
+
+    assert_eq!(proxy.terminate(), Some(0), "a clean exit on SIGTERM");
+    match c.recv().await {
+        Received::Closed(code, _) => assert_eq!(code, 4000, "clients are told to resume"),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert!(state.exists(), "state file written");
+    assert_eq!(fake.identify_count(), 2);
+    // Discord goes on while the proxy is down.
+    for n in 4..=6 {
+        inject(&fake, 0, n);
+    }
+
+    let port = proxy.port();
+    let proxy = Proxy::start(&fake, json!({"state_file": state, "cores": 2, "port": port})).await;
+    assert!(
+        fake.wait_until(WAIT, |f| f.resume_count_for(0) == 1
+            && f.resume_count_for(1) == 1
+            && f.connected(0)
+            && f.connected(1))
+            .await,
+        "shards did not resume; proxy log:\n{}",
+        proxy.log.lock().unwrap().join("\n")
+    );
+    assert_eq!(fake.identify_count(), 2, "zero Identifies across the restart");
+
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    assert_eq!(c.payload().await["op"], 10);
+    c.resume(fake.token(), &session_id, seq).await;
+    let mut got = Vec::new();
+    let mut resumed = false;
+    while got.len() < 3 || !resumed {
+        let ev = c.dispatch().await;
+        seq += 1;
+        assert_eq!(ev["s"], seq, "the client's numbering continues");
+        if ev["t"] == "RESUMED" {
+            resumed = true;
+        } else {
+            got.push(content_n(&ev));
+        }
+    }
+    assert_eq!(got, vec![4, 5, 6], "the client missed nothing across the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_state_file_is_ignored() {
+    let fake = fake(1, 2).await;
+    let state = state_path("torn");
+    std::fs::write(&state, b"{\"version\":1,\"saved_at_ms\":").unwrap();
+    let proxy = Proxy::start(&fake, json!({"state_file": state})).await;
+    wait_connected(&fake, &proxy, 0..1).await;
+    assert_eq!(fake.identify_count(), 1);
+    assert!(proxy.wait_log("torn or invalid").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_presence_and_log_level() {
+    let fake = fake(1, 1).await;
+    let proxy = Proxy::start(&fake, json!({"activity": {"type": 0, "name": "first"}})).await;
+    wait_connected(&fake, &proxy, 0..1).await;
+    let mut config = proxy.config.clone();
+    config["activity"] = json!({"type": 0, "name": "second"});
+    config["log_level"] = json!("debug");
+    std::fs::write(&proxy.config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        fake.wait_until(WAIT, |f| f
+            .commands(0)
+            .iter()
+            .any(|c| c["op"] == 3 && c["d"]["activities"][0]["name"] == "second"))
+            .await,
+        "presence not updated"
+    );
+    assert!(proxy.wait_log("log level is now `debug`").await);
+}
