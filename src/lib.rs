@@ -12,6 +12,7 @@ pub mod config;
 pub mod downstream;
 pub mod hub;
 pub mod logging;
+pub mod metrics;
 pub mod preflight;
 pub mod protocol;
 pub mod runtime;

@@ -113,3 +113,48 @@ async fn sighup_reloads_presence_and_log_level() {
     );
     assert!(proxy.wait_log("log level is now `debug`").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_and_metrics_tell_the_truth() {
+    let fake = fake(2, 4).await;
+    fake.fail_next_identify(1, 4014);
+    let proxy = Proxy::start(&fake, json!({"cores": 2})).await;
+    assert!(fake.wait_until(WAIT, |f| f.connected(0)).await);
+    assert!(proxy.wait_log("fatal code 4014").await);
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    c.identify_and_load(fake.token(), 0, 2).await;
+    for n in 1..=3 {
+        inject(&fake, 0, n);
+    }
+    for _ in 0..3 {
+        c.dispatch().await;
+    }
+
+    assert_eq!(common::http_get(&proxy.addr, "/health").await, (200, "ok\n".to_owned()));
+    let (status, body) = common::http_get(&proxy.addr, "/ready").await;
+    assert_eq!(status, 503, "a failed shard means not ready: {body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["shards"][0]["status"], "ready");
+    assert_eq!(ready["shards"][1]["status"], "failed");
+
+    // Sampled gauges refresh every 2 s.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, metrics) = common::http_get(&proxy.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "gateway_proxy_events_received_total{event=\"MESSAGE_CREATE\",shard=\"0\"} 3",
+        "gateway_proxy_identifies_total{shard=\"0\"} 1",
+        "gateway_proxy_shard_status{shard=\"0\"} 3",
+        "gateway_proxy_shard_status{shard=\"1\"} 4",
+        "gateway_proxy_clients_connected{shard=\"0\"} 1",
+        "gateway_proxy_client_sessions{shard=\"0\"} 1",
+        // The shard's two GUILD_CREATEs from Discord and the three messages.
+        "gateway_proxy_replay_buffer_events{shard=\"0\"} 5",
+        "# TYPE gateway_proxy_gateway_latency_seconds histogram",
+        "# TYPE gateway_proxy_events_received_total counter",
+        "# TYPE gateway_proxy_clients_connected gauge",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
+    assert!(metrics.contains("gateway_proxy_cache_entities{kind=\"guilds\",shard=\"0\"}"));
+}

@@ -380,16 +380,15 @@ async fn serve_session(
         session.disconnected(generation);
         return Ok(());
     };
-    glommio::spawn_local(writer::run(
-        queue.clone(),
-        write_stream,
-        frames,
-        conn_id,
-        session.clone(),
+    let ctx = writer::WriterContext {
+        conn: conn_id,
+        session: session.clone(),
         generation,
         start_seq,
-    ))
-    .detach();
+        sent_bytes: hub.metrics.client_bytes.clone(),
+        payload_bytes: hub.metrics.client_payload_bytes.clone(),
+    };
+    glommio::spawn_local(writer::run(queue.clone(), write_stream, frames, ctx)).detach();
 
     let interval = Duration::from_millis(core.shared.config.heartbeat_interval);
     let mut last_heartbeat = Instant::now();

@@ -25,6 +25,24 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
+/// Whether every local shard is connected and has READY, with each shard's state.
+/// Statuses are read from the process-wide `shard_status` gauges, so any core can answer.
+fn readiness(core: &Core) -> (bool, String) {
+    let gauges = crate::metrics::global();
+    let mut all = true;
+    let shards: Vec<serde_json::Value> = core
+        .shared
+        .local
+        .clone()
+        .map(|id| {
+            let code = gauges.shard_status_of(id);
+            all &= code == 3;
+            serde_json::json!({"id": id, "status": crate::hub::ShardStatus::name_of(code)})
+        })
+        .collect();
+    (all, serde_json::json!({"ready": all, "shards": shards}).to_string())
+}
+
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(http::RequestHead, usize), String> {
     let mut chunk = [0u8; 4096];
     loop {
@@ -73,6 +91,17 @@ async fn handle(core: Rc<Core>, mut stream: TcpStream) {
         match head.path.as_str() {
             "/shard-count" => Some(reply(200, "OK", core.shared.total_shards.to_string())),
             "/health" => Some(reply(200, "OK", "ok\n".into())),
+            "/metrics" => {
+                Some(http::response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &crate::metrics::render()))
+            }
+            "/ready" => {
+                let (ready, body) = readiness(&core);
+                Some(if ready {
+                    http::response(200, "OK", "application/json", &body)
+                } else {
+                    http::response(503, "Service Unavailable", "application/json", &body)
+                })
+            }
             _ => Some(reply(
                 404,
                 "Not Found",

@@ -45,20 +45,30 @@ impl Stream<'_> {
     }
 }
 
+/// Who the writer writes for.
+pub struct WriterContext {
+    /// Connection id (for logs).
+    pub conn: u64,
+    /// The session whose position the writer records.
+    pub session: Rc<ClientSession>,
+    /// The session generation of this connection.
+    pub generation: u64,
+    /// Sequence number to continue from.
+    pub start_seq: u64,
+    /// Bytes put on the wire (metrics).
+    pub sent_bytes: prometheus::IntCounter,
+    /// Payload bytes before compression (metrics).
+    pub payload_bytes: prometheus::IntCounter,
+}
+
 /// Runs until the queue is closed and drained, a close was sent, or the
 /// socket fails. Sequence numbers continue from `start_seq` (0 for a new
 /// session, the client's seq for a resume); what was sent is recorded in
 /// the session so that a later RESUME knows where the client stands.
-pub async fn run(
-    queue: Rc<ClientQueue>,
-    mut stream: TcpStream,
-    mut frames: FrameWriter,
-    conn: u64,
-    session: Rc<ClientSession>,
-    generation: u64,
-    start_seq: u64,
-) {
+pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: FrameWriter, ctx: WriterContext) {
+    let WriterContext { conn, session, generation, start_seq, sent_bytes, payload_bytes } = ctx;
     let mut seqs = Stream { seq: Sequencer { last: start_seq }, session: &session, generation };
+    let (mut reported_in, mut reported_out) = (0, 0);
     let mut batch = Vec::with_capacity(BATCH);
     let mut out = Vec::with_capacity(64 << 10);
     let fd = stream.as_raw_fd();
@@ -91,6 +101,9 @@ pub async fn run(
         if stream.write_all(&out).await.is_err() {
             break;
         }
+        payload_bytes.inc_by(frames.bytes_in - reported_in);
+        sent_bytes.inc_by(frames.bytes_out - reported_out);
+        (reported_in, reported_out) = (frames.bytes_in, frames.bytes_out);
         if closing {
             log::debug!("client {conn}: close sent");
             break;

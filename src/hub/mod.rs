@@ -49,6 +49,24 @@ pub enum ShardStatus {
     Failed(u16),
 }
 
+impl ShardStatus {
+    /// The value of the `shard_status` gauge.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Connecting => 0,
+            Self::Identifying => 1,
+            Self::Resuming => 2,
+            Self::Ready => 3,
+            Self::Failed(_) => 4,
+        }
+    }
+
+    /// A name for `/ready`.
+    pub fn name_of(code: i64) -> &'static str {
+        ["connecting", "identifying", "resuming", "ready", "failed"].get(code as usize).copied().unwrap_or("unknown")
+    }
+}
+
 /// The upstream session, as needed to resume it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpstreamSession {
@@ -124,6 +142,8 @@ pub struct ShardHub {
     pub routing: RefCell<Routing>,
     /// Clients closed for falling behind.
     pub lagged_clients: Cell<u64>,
+    /// Prometheus handles.
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 impl ShardHub {
@@ -146,6 +166,7 @@ impl ShardHub {
             max_sessions: config.max_sessions,
             routing: RefCell::default(),
             lagged_clients: Cell::new(0),
+            metrics: crate::metrics::ShardMetrics::new(id),
         })
     }
 
@@ -214,6 +235,7 @@ impl ShardHub {
         if status == ShardStatus::Ready && self.ready_at.get().is_none() {
             self.ready_at.set(Some(Instant::now()));
         }
+        self.metrics.status.set(status.code());
         *self.status.borrow_mut() = status;
         for w in self.status_waiters.borrow_mut().drain(..) {
             let _ = w.send(());
@@ -310,6 +332,7 @@ impl ShardHub {
             }
         });
         self.lagged_clients.set(self.lagged_clients.get() + lagged);
+        self.metrics.clients_lagged.inc_by(lagged);
     }
 
     /// Removes a subscriber.
@@ -412,6 +435,37 @@ impl ShardHub {
     /// Number of client sessions kept.
     pub fn session_count(&self) -> usize {
         self.sessions.borrow().len()
+    }
+
+    /// Refreshes the gauges that are sampled rather than counted.
+    pub fn sample_metrics(&self) {
+        let m = &self.metrics;
+        let subs = self.subscribers.borrow();
+        m.clients.set(subs.len() as i64);
+        let deepest = subs.iter().map(|s| s.queue.high_water()).max().unwrap_or(0) as i64;
+        m.queue_high_water.set(m.queue_high_water.get().max(deepest));
+        drop(subs);
+        m.client_sessions.set(self.sessions.borrow().len() as i64);
+        let (events, bytes) = self.replay_occupancy();
+        m.replay_events.set(events as i64);
+        m.replay_bytes.set(bytes as i64);
+        let cache = self.cache.borrow();
+        let mut counts = [0usize; 8];
+        for (_, g) in cache.guilds() {
+            counts[0] += 1;
+            counts[1] += g.channels.len() + g.threads.len();
+            counts[2] += g.roles.len();
+            counts[3] += g.members.len();
+            counts[4] += g.emojis.len() + g.stickers.len();
+            counts[5] += g.presences.len();
+            counts[6] += g.voice_states.len();
+            counts[7] += g.stage_instances.len() + g.scheduled_events.len() + g.soundboard_sounds.len();
+        }
+        let kinds = ["guilds", "channels", "roles", "members", "emojis_stickers", "presences", "voice_states", "other"];
+        for (kind, n) in kinds.iter().zip(counts) {
+            m.cache(kind, n);
+        }
+        m.cache("unavailable_guilds", cache.missing().count());
     }
 
     /// Whether session number `num` still exists (connected or resumable).

@@ -32,8 +32,8 @@ use std::{
 const IO_MEMORY: usize = 256 << 10;
 /// How long shard tasks get to close their connections at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// How often expired client sessions are dropped.
-const SESSION_SWEEP: Duration = Duration::from_secs(5);
+/// How often expired client sessions are dropped and sampled metrics refreshed.
+const SESSION_SWEEP: Duration = Duration::from_secs(2);
 /// Handovers in flight between two cores.
 const MESH_CAPACITY: usize = 256;
 
@@ -197,6 +197,7 @@ async fn core_main(
             loop {
                 glommio::timer::sleep(SESSION_SWEEP).await;
                 for hub in core.hubs.values() {
+                    hub.sample_metrics();
                     let n = hub.expire_sessions(ttl);
                     if n > 0 {
                         log::debug!("[shard {}] {n} client sessions expired", hub.id);

@@ -142,6 +142,9 @@ async fn connect_once(
         }
     };
     log::debug!("[shard {}] connecting to {url}", hub.id);
+    if hub.metrics.identifies.get() + hub.metrics.resumes.get() > 0 {
+        hub.metrics.reconnects.inc();
+    }
     let mut ws = match connection::connect(&url).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -167,10 +170,12 @@ async fn connect_once(
     let first = match &session {
         Some(s) => {
             log::info!("[shard {}] resuming session at seq {}", hub.id, s.seq);
+            hub.metrics.resumes.inc();
             serde_json::json!({"op": op::RESUME, "d": {"token": shared.config.token, "session_id": s.session_id, "seq": s.seq}})
         }
         None => {
             log::info!("[shard {}] identifying", hub.id);
+            hub.metrics.identifies.inc();
             identify_payload(shared, hub.id, hub.routing.borrow().presence())
         }
     };
@@ -248,7 +253,7 @@ async fn connect_once(
                 Step::Ack => {
                     acked = true;
                     if let Some(t) = heartbeat_sent_at.take() {
-                        log::trace!("[shard {}] gateway latency {:?}", hub.id, t.elapsed());
+                        hub.metrics.latency.observe(t.elapsed().as_secs_f64());
                     }
                 }
                 Step::End(outcome) => {
@@ -342,8 +347,12 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
             return Step::Continue;
         }
     };
+    hub.metrics.upstream_bytes.inc_by(text.len() as u64);
     match fields.op {
         Some(op::DISPATCH) => {
+            if let Some(name) = fields.event_name(text) {
+                hub.metrics.event(name);
+            }
             if let Some(seq) = fields.seq(text) {
                 hub.set_seq(seq);
             }
@@ -392,6 +401,7 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
             Step::End(Outcome::Resume)
         }
         Some(op::INVALID_SESSION) => {
+            hub.metrics.invalid_sessions.inc();
             let resumable = fields.d.map(|r| &text[r]) == Some(b"true");
             if resumable && hub.session().is_some() {
                 log::info!("[shard {}] invalid session (resumable)", hub.id);
