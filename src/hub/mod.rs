@@ -182,7 +182,7 @@ impl ShardHub {
             .replay
             .into_iter()
             .map(|d| {
-                let mut dispatch = Dispatch::from_parts(d.raw.into_bytes().into_boxed_slice(), d.seq.0..d.seq.1);
+                let mut dispatch = Dispatch::from_parts(d.raw.into_bytes(), d.seq.0..d.seq.1);
                 if let Some(t) = d.target {
                     dispatch = dispatch.for_session(t);
                 }

@@ -3,16 +3,19 @@
 //! client's own sequence can be spliced in without re-encoding.
 
 use super::scan::{self, ScanError};
+use bytes::Bytes;
 use std::ops::Range;
 
 /// Index of a dispatch that is not in a shard's replay buffer (READY and
 /// GUILD_CREATE built for one client, RESUMED).
 pub const UNINDEXED: u64 = u64::MAX;
 
-/// One dispatch, shared by every client of a shard.
+/// One dispatch, shared by every client of a shard. The payload is the
+/// websocket reader's own buffer (`Bytes`), so relaying it copies nothing
+/// until each client's frame is written.
 #[derive(Debug)]
 pub struct Dispatch {
-    raw: Box<[u8]>,
+    raw: Bytes,
     seq: Range<usize>,
     /// Position in the shard's replay buffer.
     index: u64,
@@ -22,13 +25,15 @@ pub struct Dispatch {
 
 impl Dispatch {
     /// Wraps an upstream payload whose `s` field is at `seq`.
-    pub fn from_parts(raw: Box<[u8]>, seq: Range<usize>) -> Self {
+    pub fn from_parts(raw: impl Into<Bytes>, seq: Range<usize>) -> Self {
+        let raw = raw.into();
         debug_assert!(seq.end <= raw.len());
         Self { raw, seq, index: UNINDEXED, target: None }
     }
 
     /// Scans a payload for its top-level `s`.
-    pub fn parse(raw: Box<[u8]>) -> Result<Self, ScanError> {
+    pub fn parse(raw: impl Into<Bytes>) -> Result<Self, ScanError> {
+        let raw: Bytes = raw.into();
         let fields = scan::scan(&raw)?;
         let seq = fields.s.ok_or(ScanError { at: 0 })?;
         Ok(Self::from_parts(raw, seq))
@@ -46,7 +51,7 @@ impl Dispatch {
         raw.extend_from_slice(b",\"op\":0,\"d\":");
         raw.extend_from_slice(d);
         raw.push(b'}');
-        Self::from_parts(raw.into_boxed_slice(), start..end)
+        Self::from_parts(raw, start..end)
     }
 
     /// Restricts the dispatch to one client session.
@@ -119,7 +124,7 @@ mod tests {
 
     #[test]
     fn splices_client_seq() {
-        let d = Dispatch::parse(br#"{"t":"X","s":123456,"op":0,"d":{"s":1}}"#.to_vec().into()).unwrap();
+        let d = Dispatch::parse(br#"{"t":"X","s":123456,"op":0,"d":{"s":1}}"#.to_vec()).unwrap();
         let mut out = Vec::new();
         d.write_with_seq(7, &mut out);
         assert_eq!(out, br#"{"t":"X","s":7,"op":0,"d":{"s":1}}"#);

@@ -66,6 +66,19 @@ pub fn parse_u64(digits: &[u8]) -> Option<u64> {
 
 /// Scans the top level of a JSON object payload.
 pub fn scan(p: &[u8]) -> Result<Fields, ScanError> {
+    scan_inner(p, false)
+}
+
+/// Like [`scan`], for the relay path: once `op`, `s` and `t` are known and
+/// the next key is `d` (Discord's order), it stops instead of walking the
+/// whole event body. `d` then spans to the object's closing brace, which is
+/// exact when `d` is the last key (always so from Discord); callers that
+/// parse `d` use [`scan`].
+pub fn scan_relay(p: &[u8]) -> Result<Fields, ScanError> {
+    scan_inner(p, true)
+}
+
+fn scan_inner(p: &[u8], stop_at_d: bool) -> Result<Fields, ScanError> {
     let mut fields = Fields::default();
     let mut i = skip_ws(p, 0);
     if p.get(i) != Some(&b'{') {
@@ -88,6 +101,21 @@ pub fn scan(p: &[u8]) -> Result<Fields, ScanError> {
         }
         i = skip_ws(p, i + 1);
         let value_start = i;
+        if stop_at_d && key == b"d" && fields.op.is_some() && fields.s.is_some() && fields.t.is_some() {
+            let mut end = p.len();
+            while end > value_start && matches!(p[end - 1], b' ' | b'\n' | b'\r' | b'\t') {
+                end -= 1;
+            }
+            if end <= value_start || p[end - 1] != b'}' {
+                return Err(ScanError { at: end });
+            }
+            let mut d_end = end - 1;
+            while d_end > value_start && matches!(p[d_end - 1], b' ' | b'\n' | b'\r' | b'\t') {
+                d_end -= 1;
+            }
+            fields.d = Some(value_start..d_end);
+            return Ok(fields);
+        }
         let value_end = skip_value(p, i)?;
         match key {
             b"op" => fields.op = parse_u64(&p[value_start..value_end]).and_then(|v| u8::try_from(v).ok()),
@@ -213,6 +241,22 @@ mod tests {
         {
             assert!(scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn relay_scan_stops_at_d_and_agrees_with_the_full_scan() {
+        for p in [
+            &br#"{"t":"MESSAGE_CREATE","s":42,"op":0,"d":{"content":"x","s":7}}"#[..],
+            br#"{"t":"X","s":1,"op":0,"d":{"a":"}"} }  "#,
+            br#"{"op":0,"d":{"a":1},"s":3,"t":"Y"}"#,
+            br#"{"t":null,"s":null,"op":11,"d":null}"#,
+        ] {
+            let full = scan(p).unwrap();
+            let fast = scan_relay(p).unwrap();
+            assert_eq!((fast.op, fast.s.clone(), fast.t.clone()), (full.op, full.s.clone(), full.t.clone()));
+            assert_eq!(&p[fast.d.unwrap()], &p[full.d.unwrap()], "{}", String::from_utf8_lossy(p));
+        }
+        assert!(scan_relay(br#"{"t":"X","s":1,"op":0,"d":{"#).is_err());
     }
 
     #[test]

@@ -243,24 +243,26 @@ async fn connect_once(
                     next_heartbeat = Instant::now() + interval;
                 }
             }
-            Wake::Message(Some(Ok(Message::Text(text)))) => match handle_payload(hub, text.as_bytes(), backoff) {
-                Step::Continue => {}
-                Step::HeartbeatNow => {
-                    if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
-                        return reconnect_outcome(hub, &session);
+            Wake::Message(Some(Ok(Message::Text(text)))) => {
+                match handle_payload(hub, bytes::Bytes::from(text), backoff) {
+                    Step::Continue => {}
+                    Step::HeartbeatNow => {
+                        if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
+                            return reconnect_outcome(hub, &session);
+                        }
+                    }
+                    Step::Ack => {
+                        acked = true;
+                        if let Some(t) = heartbeat_sent_at.take() {
+                            hub.metrics.latency.observe(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    Step::End(outcome) => {
+                        close_for_resume(&mut ws).await;
+                        return outcome;
                     }
                 }
-                Step::Ack => {
-                    acked = true;
-                    if let Some(t) = heartbeat_sent_at.take() {
-                        hub.metrics.latency.observe(t.elapsed().as_secs_f64());
-                    }
-                }
-                Step::End(outcome) => {
-                    close_for_resume(&mut ws).await;
-                    return outcome;
-                }
-            },
+            }
             Wake::Message(Some(Ok(Message::Close(frame)))) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                 log::warn!("[shard {}] Discord closed the connection with code {code}", hub.id);
@@ -339,8 +341,9 @@ enum Step {
 
 /// Handles one payload from Discord. This is the relay's hot path: for
 /// events the cache does not need, only the top level is scanned.
-fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Step {
-    let fields = match scan::scan(text) {
+fn handle_payload(hub: &Rc<ShardHub>, payload: bytes::Bytes, backoff: &mut Backoff) -> Step {
+    let text: &[u8] = &payload;
+    let fields = match scan::scan_relay(text) {
         Ok(f) => f,
         Err(e) => {
             log::warn!("[shard {}] undecodable payload from Discord ({e}); ignored", hub.id);
@@ -357,6 +360,14 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
                 hub.set_seq(seq);
             }
             let Some(t) = fields.event_name(text) else { return Step::Continue };
+            // Events that are parsed need `d` exactly: scan them in full.
+            let exact;
+            let fields = if is_cache_event(t) || is_routed_event(t) {
+                exact = scan::scan(text).unwrap_or_else(|_| fields.clone());
+                &exact
+            } else {
+                &fields
+            };
             let d = fields.d.clone().map(|r| &text[r]).unwrap_or(b"null");
             let d = std::str::from_utf8(d).unwrap_or("null");
             match t {
@@ -387,8 +398,8 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
                     if is_cache_event(t) {
                         hub.cache.borrow_mut().apply(t, d);
                     }
-                    if let Some(s) = fields.s {
-                        relay(hub, t, d, Dispatch::from_parts(text.into(), s));
+                    if let Some(s) = fields.s.clone() {
+                        relay(hub, t, d, Dispatch::from_parts(payload.clone(), s));
                     }
                 }
             }
@@ -415,6 +426,11 @@ fn handle_payload(hub: &Rc<ShardHub>, text: &[u8], backoff: &mut Backoff) -> Ste
         }
         _ => Step::Continue,
     }
+}
+
+/// Events whose `d` the routing reads.
+fn is_routed_event(t: &[u8]) -> bool {
+    matches!(t, b"GUILD_MEMBERS_CHUNK" | b"VOICE_STATE_UPDATE" | b"VOICE_SERVER_UPDATE" | b"READY" | b"RESUMED")
 }
 
 /// Publishes a dispatch, to the one client it belongs to when it is a reply.
