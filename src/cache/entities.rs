@@ -230,3 +230,17 @@ mod tests {
 /// A snowflake inside a list (`channel_ids`), string or number.
 #[derive(Deserialize)]
 pub struct SnowflakeString(#[serde(deserialize_with = "snowflake")] pub u64);
+
+/// The ids of a voice state (VOICE_STATE_UPDATE).
+#[derive(Deserialize)]
+pub struct VoiceStateIds {
+    /// Its guild.
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    pub guild_id: Option<u64>,
+    /// The channel, none when the user left voice.
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    pub channel_id: Option<u64>,
+    /// The user.
+    #[serde(deserialize_with = "snowflake")]
+    pub user_id: u64,
+}

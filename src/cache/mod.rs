@@ -217,15 +217,6 @@ struct SoundEvent {
     guild_id: u64,
 }
 
-#[derive(Deserialize)]
-struct VoiceState {
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    guild_id: Option<u64>,
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    channel_id: Option<u64>,
-    #[serde(deserialize_with = "snowflake")]
-    user_id: u64,
-}
 
 #[derive(Deserialize)]
 struct Presence<'a> {
@@ -582,7 +573,7 @@ impl ShardCache {
                 }
             }
             b"VOICE_STATE_UPDATE" if flags.voice_states => {
-                let vs: VoiceState = serde_json::from_str(d).ok()?;
+                let vs: entities::VoiceStateIds = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&vs.guild_id?)?;
                 if vs.channel_id.is_none() {
                     guild.voice_states.remove(vs.user_id);

@@ -11,7 +11,7 @@
 //! - op 3 Presence Update: the last presence a client set, so a re-identify
 //!   upstream keeps it.
 
-use crate::cache::entities::{opt_snowflake, parse_object, snowflake, write_object};
+use crate::cache::entities::{opt_snowflake, parse_object, snowflake, write_object, VoiceStateIds};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::{
@@ -82,15 +82,6 @@ struct VoiceRequest {
     channel_id: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct VoiceStateIds {
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    guild_id: Option<u64>,
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    channel_id: Option<u64>,
-    #[serde(deserialize_with = "snowflake")]
-    user_id: u64,
-}
 
 #[derive(Deserialize)]
 struct GuildOnly {
