@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::firehose::{now_nanos, FirehoseStats, Job};
 use crate::payloads::random_hex;
 use crate::{op_text, ConnCmd, ConnRef, Inner, Session};
 
@@ -33,6 +34,8 @@ const RATE_LIMIT: usize = 120;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Dispatch members per GUILD_MEMBERS_CHUNK.
 const CHUNK_SIZE: usize = 1000;
+/// Firehose dispatches written per flush.
+const FIREHOSE_BATCH: u64 = 128;
 
 /// Discord's close reason text for a close code.
 fn close_reason(code: u16) -> &'static str {
@@ -168,6 +171,23 @@ struct Conn {
     hb_deadline: Instant,
     hb_timeout: Duration,
     pending_flush: bool,
+    /// Firehose jobs, and dispatches queued behind them, in seq order.
+    outbox: VecDeque<Queued>,
+}
+
+/// What waits in a connection's outbox while a firehose runs.
+enum Queued {
+    Text(Utf8Bytes),
+    Job(Box<Job>),
+}
+
+/// Resolves when the next firehose frame is due (at once for `None`).
+async fn firehose_due(due: Option<Instant>) {
+    if let Some(at) = due {
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
+    }
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
@@ -206,6 +226,7 @@ async fn handle(inner: Arc<Inner>, stream: TcpStream) {
         hb_deadline: Instant::now() + hb_timeout,
         hb_timeout,
         pending_flush: false,
+        outbox: VecDeque::new(),
     };
     conn.run(stream, rx, query.as_deref()).await;
     conn.detach(false);
@@ -241,7 +262,12 @@ impl Conn {
                     Err(End::Gone) => return,
                 }
             }
+            let due = self.outbox.front().map(|q| match q {
+                Queued::Text(_) => None,
+                Queued::Job(job) => job.next_due(),
+            });
             let result = tokio::select! {
+                () = firehose_due(due.flatten()), if due.is_some() => self.firehose_step().await,
                 msg = stream.next() => match msg {
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Err(End::Close(4002)),
@@ -284,6 +310,14 @@ impl Conn {
         pending: &mut Option<ConnCmd>,
     ) -> Result<(), End> {
         match cmd {
+            ConnCmd::Send(text) if !self.outbox.is_empty() => {
+                self.outbox.push_back(Queued::Text(text));
+                Ok(())
+            }
+            ConnCmd::Firehose(job) => {
+                self.outbox.push_back(Queued::Job(job));
+                Ok(())
+            }
             ConnCmd::Send(text) => {
                 self.feed(&text).await?;
                 // Batch whatever else is queued into one flush.
@@ -307,6 +341,43 @@ impl Conn {
                 self.send(&Utf8Bytes::from(op_text(9, if resumable { "true" } else { "false" }))).await
             }
         }
+    }
+
+    /// Writes what is due at the front of the outbox: queued dispatches and
+    /// up to [`FIREHOSE_BATCH`] firehose frames, then flushes.
+    async fn firehose_step(&mut self) -> Result<(), End> {
+        let mut written = 0;
+        while written < FIREHOSE_BATCH {
+            match self.outbox.pop_front() {
+                None => break,
+                Some(Queued::Text(text)) => {
+                    self.feed(&text).await?;
+                    written += 1;
+                }
+                Some(Queued::Job(mut job)) => {
+                    let now = Instant::now();
+                    let start = *job.started.get_or_insert(now);
+                    while job.sent < job.count && written < FIREHOSE_BATCH {
+                        if job.next_due().is_some_and(|due| due > now) {
+                            break;
+                        }
+                        let text = job.templates.frame(job.sent, job.first_seq + job.sent, now_nanos());
+                        job.sent += 1;
+                        job.bytes += text.len() as u64;
+                        written += 1;
+                        self.feed(&Utf8Bytes::from(text)).await?;
+                    }
+                    if job.sent < job.count {
+                        self.outbox.push_front(Queued::Job(job));
+                        break;
+                    }
+                    self.flush().await?;
+                    let stats = FirehoseStats { sent: job.sent, bytes: job.bytes, elapsed: start.elapsed() };
+                    let _ = job.done.send(stats);
+                }
+            }
+        }
+        self.flush().await
     }
 
     async fn feed(&mut self, text: &Utf8Bytes) -> Result<(), End> {

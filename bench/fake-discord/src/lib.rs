@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod demo;
+pub mod firehose;
 mod gateway;
 pub mod payloads;
 mod rest;
@@ -33,6 +34,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use firehose::{FirehoseHandle, FirehoseMix, FirehoseSpec, FirehoseStats};
 pub use payloads::Generator;
 
 /// Configuration of a [`FakeDiscord`].
@@ -104,6 +106,8 @@ pub(crate) enum ConnCmd {
     Drop,
     /// Send op 9 with this `d` and forget the connection's authentication.
     InvalidSession(bool),
+    /// Run a firehose job (its seq range is already reserved).
+    Firehose(Box<firehose::Job>),
 }
 
 /// A gateway session: its id and replayable dispatch history.
@@ -351,6 +355,38 @@ impl FakeDiscord {
         let d = d.to_string();
         let mut state = self.inner.lock();
         state.shards.get_mut(&shard)?.dispatch(t, &d)
+    }
+
+    /// Starts a firehose on the shard's live connection: `spec.count`
+    /// pre-encoded dispatches with consecutive seqs, written as fast as the
+    /// receiver reads them (or at `spec.rate` per second), each stamped with
+    /// [`firehose::now_nanos`] (see [`firehose::stamp_of`]). Returns the seq
+    /// range and a completion handle; `None` if the shard has no live
+    /// connection. Firehose dispatches are not kept for Resume replay.
+    pub fn firehose(&self, shard: u32, spec: FirehoseSpec) -> Option<FirehoseHandle> {
+        let templates =
+            firehose::Templates::new(&self.inner.generator, shard, self.inner.config.shards.max(1), spec.mix);
+        let mut state = self.inner.lock();
+        let sh = state.shards.get_mut(&shard)?;
+        let tx = sh.conn.as_ref()?.tx.clone();
+        let session = sh.session.as_mut()?;
+        let first_seq = session.seq + 1;
+        session.seq += spec.count;
+        session.evicted_upto = session.evicted_upto.max(session.seq);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let interval = spec.rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| 1.0 / r);
+        let job = firehose::Job {
+            templates,
+            first_seq,
+            count: spec.count,
+            interval,
+            done: done_tx,
+            sent: 0,
+            bytes: 0,
+            started: None,
+        };
+        let _ = tx.send(ConnCmd::Firehose(Box::new(job)));
+        Some(FirehoseHandle { first_seq, last_seq: session.seq, done })
     }
 
     /// Drops the shard's connection abruptly (TCP close, no close frame).

@@ -565,3 +565,45 @@ fn handle_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync::<fake_discord::FakeDiscord>();
 }
+
+#[tokio::test]
+async fn firehose_sends_consecutive_stamped_dispatches_then_injected_ones() {
+    use fake_discord::firehose::{now_nanos, stamp_of};
+    use fake_discord::{FirehoseMix, FirehoseSpec};
+    let fake = start(FakeConfig::default()).await;
+    let mut c = Client::connect(&fake).await;
+    let (_, guilds) = c.identify(&fake, 1, 4).await;
+    let last = guilds.len() as u64 + 1;
+    let before = now_nanos();
+    let spec = FirehoseSpec { count: 500, rate: None, mix: FirehoseMix::Mixed };
+    let handle = fake.firehose(1, spec).expect("shard 1 is connected");
+    assert_eq!((handle.first_seq, handle.last_seq), (last + 1, last + 500));
+    // Injected while the firehose runs: sent after it, with the next seq.
+    assert_eq!(fake.inject(1, "X", json!({})), Some(last + 501));
+    let mut kinds = std::collections::BTreeSet::new();
+    for i in 1..=500 {
+        let p = c.recv().await.payload();
+        assert_eq!(p["s"], last + i);
+        kinds.insert(p["t"].as_str().unwrap().to_owned());
+        let stamp = stamp_of(c.last_text.as_bytes()).expect("stamped");
+        assert!(stamp >= before && stamp <= now_nanos());
+        twilight_event(&p);
+    }
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    let p = c.recv().await.payload();
+    assert_eq!((p["t"].as_str(), p["s"].as_u64()), (Some("X"), Some(last + 501)));
+    let stats = handle.finished().await.expect("finished");
+    assert_eq!(stats.sent, 500);
+
+    // Paced: the same framing at a fixed rate.
+    let spec = FirehoseSpec { count: 20, rate: Some(2000.0), mix: FirehoseMix::Messages };
+    let handle = fake.firehose(1, spec).unwrap();
+    for i in 0..20 {
+        let p = c.recv().await.payload();
+        assert_eq!(p["t"], "MESSAGE_CREATE");
+        assert_eq!(p["s"], handle.first_seq + i);
+        assert!(c.last_text.len() > 1000, "{}", c.last_text.len());
+    }
+    assert_eq!(handle.finished().await.unwrap().sent, 20);
+    assert!(fake.firehose(3, spec).is_none(), "shard 3 has no connection");
+}
