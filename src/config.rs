@@ -137,6 +137,7 @@ struct RawConfig {
     session_ttl: u64,
     heartbeat_interval: u64,
     replay_buffer: usize,
+    replay_buffer_bytes: usize,
     max_sessions: usize,
     compression: bool,
     state_file: Option<std::path::PathBuf>,
@@ -168,6 +169,7 @@ impl Default for RawConfig {
             session_ttl: 180,
             heartbeat_interval: 41_250,
             replay_buffer: 10_000,
+            replay_buffer_bytes: 8 << 20,
             max_sessions: 64,
             compression: true,
             state_file: None,
@@ -221,6 +223,8 @@ pub struct Config {
     pub heartbeat_interval: u64,
     /// Dispatches kept per shard for client RESUME (0 disables client resume).
     pub replay_buffer: usize,
+    /// Payload bytes kept per shard for client RESUME, on top of `replay_buffer`.
+    pub replay_buffer_bytes: usize,
     /// Client sessions kept per shard; beyond it the longest-disconnected is dropped.
     pub max_sessions: usize,
     /// Whether transport compression is offered to clients (false: plain JSON whatever they ask).
@@ -318,6 +322,7 @@ impl Config {
             session_ttl: raw.session_ttl,
             heartbeat_interval: raw.heartbeat_interval,
             replay_buffer: raw.replay_buffer,
+            replay_buffer_bytes: raw.replay_buffer_bytes,
             max_sessions: raw.max_sessions,
             compression: raw.compression,
             state_file: raw.state_file,

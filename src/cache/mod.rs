@@ -217,7 +217,6 @@ struct SoundEvent {
     guild_id: u64,
 }
 
-
 #[derive(Deserialize)]
 struct Presence<'a> {
     #[serde(default, deserialize_with = "opt_snowflake")]

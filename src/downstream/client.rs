@@ -493,8 +493,8 @@ fn command(hub: &ShardHub, session: u64, op: u8, payload: Vec<u8>) {
                 VoiceAnswer::Forward => hub.send_command(payload),
                 VoiceAnswer::FromCache(state, server) => {
                     log::debug!("[shard {}] voice request answered from the kept voice session", hub.id);
-                    hub.publish(Dispatch::build("VOICE_STATE_UPDATE", state.as_bytes()).for_session(session));
-                    hub.publish(Dispatch::build("VOICE_SERVER_UPDATE", server.as_bytes()).for_session(session));
+                    let _ = hub.publish(Dispatch::build("VOICE_STATE_UPDATE", state.as_bytes()).for_session(session));
+                    let _ = hub.publish(Dispatch::build("VOICE_SERVER_UPDATE", server.as_bytes()).for_session(session));
                 }
             }
         }

@@ -29,8 +29,6 @@ use std::{
 /// How long after READY a guild still missing its GUILD_CREATE is reported
 /// to new clients as unavailable rather than left for the live stream.
 pub const GUILD_LOAD_GRACE: Duration = Duration::from_secs(15);
-/// Byte bound of a shard's replay buffer, on top of its event bound.
-pub const REPLAY_MAX_BYTES: usize = 64 << 20;
 /// Close code for a client that fell behind: resumable, so it resumes from the replay buffer.
 pub const LAGGING_CLOSE: u16 = 4000;
 
@@ -144,6 +142,7 @@ pub struct ShardHub {
     pub lagged_clients: Cell<u64>,
     /// Prometheus handles.
     pub metrics: crate::metrics::ShardMetrics,
+    deepest_queue: Cell<usize>,
 }
 
 impl ShardHub {
@@ -161,12 +160,13 @@ impl ShardHub {
             commands,
             commands_rx: RefCell::new(Some(rx)),
             status_waiters: RefCell::default(),
-            replay: RefCell::new(ReplayBuffer::new(config.replay_buffer, REPLAY_MAX_BYTES)),
+            replay: RefCell::new(ReplayBuffer::new(config.replay_buffer, config.replay_buffer_bytes)),
             sessions: RefCell::default(),
             max_sessions: config.max_sessions,
             routing: RefCell::default(),
             lagged_clients: Cell::new(0),
             metrics: crate::metrics::ShardMetrics::new(id),
+            deepest_queue: Cell::new(0),
         })
     }
 
@@ -190,7 +190,7 @@ impl ShardHub {
             })
             .collect();
         *hub.replay.borrow_mut() =
-            ReplayBuffer::restore(config.replay_buffer, REPLAY_MAX_BYTES, saved.replay_first, events);
+            ReplayBuffer::restore(config.replay_buffer, config.replay_buffer_bytes, saved.replay_first, events);
         for s in saved.sessions {
             hub.store_session(Rc::new(ClientSession::restored(s.num, s.id, saved.id, s.position)));
         }
@@ -312,16 +312,27 @@ impl ShardHub {
     }
 
     /// Stores a dispatch in the replay buffer and sends it to every
-    /// subscriber that may see it.
-    pub fn publish(&self, dispatch: Dispatch) {
-        let dispatch = self.replay.borrow_mut().push(dispatch);
+    /// subscriber that may see it. Returns the deepest subscriber queue, so
+    /// the shard task can let writers catch up before reading on.
+    pub fn publish(&self, dispatch: Dispatch) -> usize {
+        // With no client session nothing can resume into the buffer: keep nothing
+        // (this drops a fresh shard's GUILD_CREATE burst instead of holding it).
+        let dispatch = if self.sessions.borrow().is_empty() {
+            self.replay.borrow_mut().push_unretained(dispatch)
+        } else {
+            self.replay.borrow_mut().push(dispatch)
+        };
         let mut lagged = 0;
+        let mut deepest = 0;
         self.subscribers.borrow_mut().retain(|sub| {
             if !dispatch.visible_to(sub.session) {
                 return true;
             }
             match sub.queue.push(Outgoing::Dispatch(dispatch.clone())) {
-                Ok(()) => true,
+                Ok(()) => {
+                    deepest = deepest.max(sub.queue.len());
+                    true
+                }
                 Err(PushError::Full) => {
                     log::warn!("[shard {}] client {} fell behind; closing it so it resumes", self.id, sub.id);
                     sub.queue.abort(LAGGING_CLOSE, "client fell behind: resume to catch up", sub.fd);
@@ -333,6 +344,13 @@ impl ShardHub {
         });
         self.lagged_clients.set(self.lagged_clients.get() + lagged);
         self.metrics.clients_lagged.inc_by(lagged);
+        self.deepest_queue.set(self.deepest_queue.get().max(deepest));
+        deepest
+    }
+
+    /// The deepest subscriber queue seen by `publish` since the last call.
+    pub fn take_deepest_queue(&self) -> usize {
+        self.deepest_queue.replace(0)
     }
 
     /// Removes a subscriber.

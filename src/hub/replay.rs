@@ -76,6 +76,16 @@ impl ReplayBuffer {
         dispatch
     }
 
+    /// Indexes a dispatch without keeping it, dropping everything kept:
+    /// used while no client session exists, since nobody could resume into it.
+    pub fn push_unretained(&mut self, mut dispatch: Dispatch) -> Rc<Dispatch> {
+        dispatch.set_index(self.next_index());
+        self.first = self.next_index() + 1;
+        self.events.clear();
+        self.bytes = 0;
+        Rc::new(dispatch)
+    }
+
     /// The dispatch at `index`, if still kept.
     pub fn get(&self, index: u64) -> Option<&Rc<Dispatch>> {
         let offset = index.checked_sub(self.first)?;
@@ -107,6 +117,16 @@ mod tests {
         assert!(b.get(1).is_none());
         assert_eq!(b.get(4).unwrap().index(), Some(4));
         assert_eq!(b.since(3).map(|d| d.index().unwrap()).collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[test]
+    fn unretained_pushes_keep_counting() {
+        let mut b = ReplayBuffer::new(10, usize::MAX);
+        b.push(d(0));
+        assert_eq!(b.push_unretained(d(1)).index(), Some(1));
+        assert_eq!((b.len(), b.first_index(), b.next_index()), (0, 2, 2));
+        assert_eq!(b.push(d(2)).index(), Some(2));
+        assert_eq!(b.get(2).unwrap().index(), Some(2));
     }
 
     #[test]

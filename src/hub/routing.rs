@@ -82,7 +82,6 @@ struct VoiceRequest {
     channel_id: Option<u64>,
 }
 
-
 #[derive(Deserialize)]
 struct GuildOnly {
     #[serde(deserialize_with = "snowflake")]

@@ -31,6 +31,8 @@ use tungstenite::{
     Message,
 };
 
+/// Payloads relayed between two voluntary yields of the shard task.
+const YIELD_EVERY: u64 = 64;
 /// Longest wait for Hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 /// Commands kept for Discord while it is unreachable; beyond this the oldest are dropped with a warning.
@@ -184,6 +186,8 @@ async fn connect_once(
         return Outcome::ConnectFailed;
     }
 
+    let yield_depth = (shared.config.backpressure / 8).max(1);
+    let mut relayed: u64 = 0;
     let mut next_heartbeat = Instant::now() + interval.mul_f64(fastrand::f64());
     let mut acked = true;
     let mut heartbeat_sent_at: Option<Instant> = None;
@@ -244,6 +248,14 @@ async fn connect_once(
                 }
             }
             Wake::Message(Some(Ok(Message::Text(text)))) => {
+                // A burst from Discord is always readable, so this loop would
+                // never yield on its own: give client writers the core when a
+                // queue builds up (and regularly anyway), so fast clients keep
+                // up instead of being closed for lagging.
+                relayed += 1;
+                if hub.take_deepest_queue() > yield_depth || relayed % YIELD_EVERY == 0 {
+                    futures_lite::future::yield_now().await;
+                }
                 match handle_payload(hub, bytes::Bytes::from(text), backoff) {
                     Step::Continue => {}
                     Step::HeartbeatNow => {
@@ -453,7 +465,9 @@ fn relay(hub: &ShardHub, t: &[u8], d: &str, dispatch: Dispatch) {
             };
             hub.publish(dispatch.for_session(num));
         }
-        _ => hub.publish(dispatch),
+        _ => {
+            hub.publish(dispatch);
+        }
     }
 }
 
