@@ -253,7 +253,7 @@ async fn connect_once(
                 // queue builds up (and regularly anyway), so fast clients keep
                 // up instead of being closed for lagging.
                 relayed += 1;
-                if hub.take_deepest_queue() > yield_depth || relayed % YIELD_EVERY == 0 {
+                if hub.take_deepest_queue() > yield_depth || relayed.is_multiple_of(YIELD_EVERY) {
                     futures_lite::future::yield_now().await;
                 }
                 match handle_payload(hub, bytes::Bytes::from(text), backoff) {
