@@ -158,7 +158,7 @@ impl Default for RawConfig {
             shard_end: None,
             activity: None,
             status: None,
-            backpressure: 10_000,
+            backpressure: 4_000,
             validate_token: true,
             externally_accessible_url: None,
             cache: CacheConfig::default(),
@@ -168,8 +168,8 @@ impl Default for RawConfig {
             identify_timeout_secs: 30,
             session_ttl: 180,
             heartbeat_interval: 41_250,
-            replay_buffer: 10_000,
-            replay_buffer_bytes: 8 << 20,
+            replay_buffer: 20_000,
+            replay_buffer_bytes: 16 << 20,
             max_sessions: 64,
             compression: true,
             state_file: None,
@@ -233,6 +233,21 @@ pub struct Config {
     pub state_file: Option<std::path::PathBuf>,
     /// Keys present in the file that this version does not know.
     pub unknown_keys: Vec<String>,
+}
+
+impl Config {
+    /// Settings that are valid but work against each other, as warnings.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.replay_buffer > 0 && self.replay_buffer <= self.backpressure {
+            w.push(format!(
+                "`replay_buffer` ({}) is not larger than `backpressure` ({}): a client closed for lagging \
+                 cannot resume, because what it missed is no longer buffered",
+                self.replay_buffer, self.backpressure
+            ));
+        }
+        w
+    }
 }
 
 impl Config {
@@ -400,6 +415,15 @@ mod tests {
             let e = Config::from_json(text, None).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn replay_smaller_than_backpressure_is_warned() {
+        let ok = Config::from_json(r#"{"token":"t","intents":1}"#, None).unwrap();
+        assert!(ok.warnings().is_empty(), "defaults work together");
+        let bad =
+            Config::from_json(r#"{"token":"t","intents":1,"backpressure":500,"replay_buffer":100}"#, None).unwrap();
+        assert!(bad.warnings()[0].contains("`replay_buffer`"));
     }
 
     #[test]

@@ -60,6 +60,9 @@ fn run() -> Result<(), String> {
     for key in &config.unknown_keys {
         log::warn!("config key `{key}` is not used by this version; ignored");
     }
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
     preflight::check().map_err(|e| e.to_string())?;
 
     let gateway = discovery::fetch_gateway_bot(&config.api_url, &config.token)
