@@ -10,9 +10,10 @@ use std::ops::Range;
 /// GUILD_CREATE built for one client, RESUMED).
 pub const UNINDEXED: u64 = u64::MAX;
 
-/// One dispatch, shared by every client of a shard. The payload is the
-/// websocket reader's own buffer (`Bytes`), so relaying it copies nothing
-/// until each client's frame is written.
+/// One dispatch, shared by every client of a shard: the payload is copied
+/// once out of the websocket reader and then only referenced (`Bytes`).
+/// Keeping the reader's own buffer instead pinned its chunks and made every
+/// read allocate fresh pages, which measured slower than the copy.
 #[derive(Debug)]
 pub struct Dispatch {
     raw: Bytes,

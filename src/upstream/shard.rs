@@ -256,7 +256,8 @@ async fn connect_once(
                 if hub.take_deepest_queue() > yield_depth || relayed.is_multiple_of(YIELD_EVERY) {
                     futures_lite::future::yield_now().await;
                 }
-                match handle_payload(hub, bytes::Bytes::from(text), backoff) {
+                // One copy out of the reader's buffer (see `Dispatch`).
+                match handle_payload(hub, bytes::Bytes::copy_from_slice(text.as_bytes()), backoff) {
                     Step::Continue => {}
                     Step::HeartbeatNow => {
                         if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
