@@ -201,7 +201,7 @@ async fn connect_once(
             let text = String::from_utf8_lossy(cmd).into_owned();
             pending.pop_front();
             if ws.send(Message::text(text)).await.is_err() {
-                return reconnect_outcome(hub, &session);
+                return reconnect_outcome(hub);
             }
         }
         let mut wake_at = next_heartbeat;
@@ -240,7 +240,7 @@ async fn connect_once(
                         return Outcome::Resume;
                     }
                     if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
-                        return reconnect_outcome(hub, &session);
+                        return reconnect_outcome(hub);
                     }
                     acked = false;
                     heartbeat_sent_at = Some(Instant::now());
@@ -261,7 +261,7 @@ async fn connect_once(
                     Step::Continue => {}
                     Step::HeartbeatNow => {
                         if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
-                            return reconnect_outcome(hub, &session);
+                            return reconnect_outcome(hub);
                         }
                     }
                     Step::Ack => {
@@ -287,11 +287,11 @@ async fn connect_once(
             Wake::Message(Some(Ok(_))) => {}
             Wake::Message(Some(Err(e))) => {
                 log::warn!("[shard {}] connection error: {e}", hub.id);
-                return reconnect_outcome(hub, &session);
+                return reconnect_outcome(hub);
             }
             Wake::Message(None) => {
                 log::warn!("[shard {}] connection closed without a close frame", hub.id);
-                return reconnect_outcome(hub, &session);
+                return reconnect_outcome(hub);
             }
         }
     }
@@ -325,7 +325,7 @@ async fn wait_hello(ws: &mut GatewaySocket) -> HelloResult {
     }
 }
 
-fn reconnect_outcome(hub: &ShardHub, _session: &Option<UpstreamSession>) -> Outcome {
+fn reconnect_outcome(hub: &ShardHub) -> Outcome {
     if hub.session().is_some() {
         Outcome::Resume
     } else {
