@@ -34,9 +34,8 @@ pub fn build(hub: &ShardHub, session_id: &str, resume_url: &str, grace_over: boo
     );
     out.push(Rc::new(Dispatch::build("READY", &d)));
     for (_, guild) in cache.guilds() {
-        d.clear();
-        guild.write_create(&mut d);
-        out.push(Rc::new(Dispatch::build("GUILD_CREATE", &d)));
+        // Written straight into the payload: the largest snapshot pieces are copied once.
+        out.push(Rc::new(Dispatch::build_with("GUILD_CREATE", guild.heap_bytes(), |buf| guild.write_create(buf))));
     }
     for (id, status) in cache.missing() {
         if ShardHub::report_missing(status, grace_over) {

@@ -42,7 +42,13 @@ impl Dispatch {
 
     /// Builds a dispatch the proxy synthesised: `{"t":T,"s":0,"op":0,"d":D}`.
     pub fn build(event: &str, d: &[u8]) -> Self {
-        let mut raw = Vec::with_capacity(event.len() + d.len() + 32);
+        Self::build_with(event, d.len(), |out| out.extend_from_slice(d))
+    }
+
+    /// Like [`Self::build`], with `d` written in place by `write_d` (about
+    /// `d_len` bytes), so a large body such as a GUILD_CREATE is not copied.
+    pub fn build_with(event: &str, d_len: usize, write_d: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut raw = Vec::with_capacity(event.len() + d_len + 32);
         raw.extend_from_slice(b"{\"t\":\"");
         raw.extend_from_slice(event.as_bytes());
         raw.extend_from_slice(b"\",\"s\":");
@@ -50,7 +56,7 @@ impl Dispatch {
         raw.push(b'0');
         let end = raw.len();
         raw.extend_from_slice(b",\"op\":0,\"d\":");
-        raw.extend_from_slice(d);
+        write_d(&mut raw);
         raw.push(b'}');
         Self::from_parts(raw, start..end)
     }
