@@ -29,27 +29,32 @@ impl ZlibStream {
 
     /// Compresses one message made of `parts` and appends it to `out`.
     pub fn compress(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) {
-        let last = parts.len().saturating_sub(1);
-        for (i, part) in parts.iter().enumerate() {
-            let flush = if i == last { FlushCompress::Sync } else { FlushCompress::None };
-            self.feed(part, flush, out);
-        }
-        if parts.is_empty() {
-            self.feed(&[], FlushCompress::Sync, out);
-        }
+        deflate_parts(&mut self.compress, parts, FlushCompress::Sync, out);
     }
+}
 
-    fn feed(&mut self, mut input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
-        loop {
-            out.reserve(input.len() / 2 + 64);
-            let before = self.compress.total_in();
-            self.compress.compress_vec(input, out, flush).expect("deflate of in-memory data cannot fail");
-            input = &input[(self.compress.total_in() - before) as usize..];
-            // Done once all input is taken and deflate stopped short of the
-            // buffer's end, i.e. it had nothing more to emit for this flush.
-            if input.is_empty() && out.len() < out.capacity() {
-                return;
-            }
+/// Deflates `parts` as one message, ending it with `last` (Sync for a
+/// stream that goes on, Finish for a whole zlib stream), appending to `out`.
+pub(super) fn deflate_parts(compress: &mut Compress, parts: &[&[u8]], last: FlushCompress, out: &mut Vec<u8>) {
+    let end = parts.len().saturating_sub(1);
+    for (i, part) in parts.iter().enumerate() {
+        feed(compress, part, if i == end { last } else { FlushCompress::None }, out);
+    }
+    if parts.is_empty() {
+        feed(compress, &[], last, out);
+    }
+}
+
+fn feed(compress: &mut Compress, mut input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
+    loop {
+        out.reserve(input.len() / 2 + 64);
+        let before = compress.total_in();
+        compress.compress_vec(input, out, flush).expect("deflate of in-memory data cannot fail");
+        input = &input[(compress.total_in() - before) as usize..];
+        // Done once all input is taken and deflate stopped short of the
+        // buffer's end, i.e. it had nothing more to emit for this flush.
+        if input.is_empty() && out.len() < out.capacity() {
+            return;
         }
     }
 }

@@ -331,8 +331,7 @@ async fn serve_session(
     };
     if let Intent::Identify(v) = &intent {
         if v.compress && !conn.transport_compressed {
-            let zlib = flate2::Compress::new(flate2::Compression::fast(), true);
-            conn.frames = FrameWriter::new(Encoding::ZlibMessage(Box::new(zlib)));
+            conn.frames = FrameWriter::new(Encoding::ZlibMessage(Box::default()));
         }
         if !wait_shard_ready(&hub, &mut conn).await {
             return Ok(());

@@ -6,7 +6,7 @@
 //! tungstenite's [`FrameHeader`] and the payload directly into its output
 //! buffer, splicing each client's sequence number without extra copies.
 
-use crate::compression::{zlib_stream::ZlibStream, zstd_stream::ZstdStream};
+use crate::compression::{zlib_message::ZlibMessage, zlib_stream::ZlibStream, zstd_stream::ZstdStream};
 use std::io::{self, Read, Write};
 use tungstenite::protocol::{
     frame::{
@@ -30,7 +30,7 @@ pub enum Encoding {
     /// One zstd stream for the whole connection, each message flushed; binary frames.
     ZstdStream(Box<ZstdStream>),
     /// Identify `compress: true`: every message a complete zlib stream of its own.
-    ZlibMessage(Box<flate2::Compress>),
+    ZlibMessage(Box<ZlibMessage>),
 }
 
 /// Frames outgoing messages for one client.
@@ -55,44 +55,22 @@ impl FrameWriter {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.bytes_in += len as u64;
         let before = out.len();
+        self.scratch.clear();
         match &mut self.encoding {
             Encoding::Json => {
                 header(OpCode::Data(Data::Text), len, out);
                 for p in parts {
                     out.extend_from_slice(p);
                 }
+                self.bytes_out += (out.len() - before) as u64;
+                return;
             }
-            Encoding::ZlibStream(z) => {
-                self.scratch.clear();
-                z.compress(parts, &mut self.scratch);
-                header(OpCode::Data(Data::Binary), self.scratch.len(), out);
-                out.extend_from_slice(&self.scratch);
-            }
-            Encoding::ZstdStream(z) => {
-                self.scratch.clear();
-                z.compress(parts, &mut self.scratch);
-                header(OpCode::Data(Data::Binary), self.scratch.len(), out);
-                out.extend_from_slice(&self.scratch);
-            }
-            Encoding::ZlibMessage(c) => {
-                self.scratch.clear();
-                c.reset();
-                let whole: Vec<u8> = parts.concat();
-                self.scratch.reserve(whole.len() / 2 + 64);
-                loop {
-                    let consumed = c.total_in() as usize;
-                    let status = c
-                        .compress_vec(&whole[consumed..], &mut self.scratch, flate2::FlushCompress::Finish)
-                        .expect("deflate of in-memory data cannot fail");
-                    if status == flate2::Status::StreamEnd {
-                        break;
-                    }
-                    self.scratch.reserve(self.scratch.capacity().max(64));
-                }
-                header(OpCode::Data(Data::Binary), self.scratch.len(), out);
-                out.extend_from_slice(&self.scratch);
-            }
+            Encoding::ZlibStream(z) => z.compress(parts, &mut self.scratch),
+            Encoding::ZstdStream(z) => z.compress(parts, &mut self.scratch),
+            Encoding::ZlibMessage(z) => z.compress(parts, &mut self.scratch),
         }
+        header(OpCode::Data(Data::Binary), self.scratch.len(), out);
+        out.extend_from_slice(&self.scratch);
         self.bytes_out += (out.len() - before) as u64;
     }
 
