@@ -23,11 +23,6 @@ impl Sequencer {
         self.last += 1;
         self.last
     }
-
-    /// The last sequence number sent.
-    pub fn last(&self) -> u64 {
-        self.last
-    }
 }
 
 struct Stream<'a> {

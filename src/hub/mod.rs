@@ -138,8 +138,6 @@ pub struct ShardHub {
     max_sessions: usize,
     /// Replies routed to the client that asked, and the bot's own state it set.
     pub routing: RefCell<Routing>,
-    /// Clients closed for falling behind.
-    pub lagged_clients: Cell<u64>,
     /// Prometheus handles.
     pub metrics: crate::metrics::ShardMetrics,
     deepest_queue: Cell<usize>,
@@ -164,7 +162,6 @@ impl ShardHub {
             sessions: RefCell::default(),
             max_sessions: config.max_sessions,
             routing: RefCell::default(),
-            lagged_clients: Cell::new(0),
             metrics: crate::metrics::ShardMetrics::new(id),
             deepest_queue: Cell::new(0),
         })
@@ -300,11 +297,6 @@ impl ShardHub {
         }
     }
 
-    /// Number of connected clients.
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.borrow().len()
-    }
-
     /// Replay buffer occupancy: (events, bytes).
     pub fn replay_occupancy(&self) -> (usize, usize) {
         let r = self.replay.borrow();
@@ -342,7 +334,6 @@ impl ShardHub {
                 Err(PushError::Closed) => false,
             }
         });
-        self.lagged_clients.set(self.lagged_clients.get() + lagged);
         self.metrics.clients_lagged.inc_by(lagged);
         self.deepest_queue.set(self.deepest_queue.get().max(deepest));
         deepest
@@ -450,11 +441,6 @@ impl ShardHub {
         before - self.sessions.borrow().len()
     }
 
-    /// Number of client sessions kept.
-    pub fn session_count(&self) -> usize {
-        self.sessions.borrow().len()
-    }
-
     /// Refreshes the gauges that are sampled rather than counted.
     pub fn sample_metrics(&self) {
         let m = &self.metrics;
@@ -489,11 +475,6 @@ impl ShardHub {
     /// Whether session number `num` still exists (connected or resumable).
     pub fn session_known(&self, num: u64) -> bool {
         self.sessions.borrow().values().any(|s| s.num == num)
-    }
-
-    /// Whether session number `num` currently has a connection.
-    pub fn session_connected(&self, num: u64) -> bool {
-        self.subscribers.borrow().iter().any(|s| s.session == num)
     }
 
     fn guild_grace_over(&self) -> bool {
