@@ -12,7 +12,7 @@ use std::{
 };
 
 /// Format version; a file of another version is ignored.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// A file older than this is not trusted: Discord's sessions will have expired.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
 

@@ -1559,7 +1559,7 @@ impl Model {
 /// The proxy's GUILD_CREATE `d`, parsed, with arrays of entities sorted by key.
 fn actual_create(cache: &ShardCache, id: u64, buf: &mut Vec<u8>) -> Result<Value, String> {
     buf.clear();
-    cache.guild(id).expect("listed guild").write_create(buf);
+    assert!(cache.write_create(id, buf), "listed guild");
     // `str::parse` and `to_string` go through serde_json's own (optimised) code,
     // where `serde_json::from_slice` would be instantiated here, unoptimised.
     let text = std::str::from_utf8(buf).map_err(|e| format!("write_create is not UTF-8: {e}"))?;

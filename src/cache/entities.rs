@@ -5,6 +5,7 @@
 //! then a splice of stored text, never a re-serialisation, and an entity
 //! costs its JSON length plus one map slot.
 
+use super::compact::{self, Encoder, Shapes};
 use serde::{de, Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::{
@@ -34,72 +35,224 @@ impl Hasher for IdHasher {
 /// A map keyed by snowflake.
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-/// Raw JSON entities by id.
-#[derive(Debug, Default, Clone, serde::Serialize, Deserialize)]
+/// Compact entities by id, in one buffer per collection.
+///
+/// Each entity is a record in `data` (a u32 header: bit 31 set once the
+/// record is dead, the low bits its length; then its compact form, see
+/// [`super::compact`]) and `index` maps its id to the record. One buffer per
+/// collection instead of one allocation per entity saves the allocator's
+/// overhead and keeps a guild's members together in memory; GUILD_CREATE
+/// lists them in the order they arrived. Dead records are reclaimed when
+/// they make up half of the buffer.
+#[derive(Debug, Default, Clone)]
 pub struct Entities {
-    map: IdMap<Box<str>>,
+    index: IdMap<u32>,
+    data: Vec<u8>,
+    dead: usize,
 }
 
+const DEAD: u32 = 1 << 31;
+const HEADER: usize = 4;
+
 impl Entities {
-    /// Inserts or replaces an entity.
-    pub fn insert(&mut self, id: u64, raw: Box<str>) {
-        self.map.insert(id, raw);
+    fn header(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.data[at..at + HEADER].try_into().expect("4 bytes"))
+    }
+
+    fn kill(&mut self, at: u32) {
+        let at = at as usize;
+        let h = self.header(at);
+        self.data[at..at + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
+        self.dead += HEADER + (h & !DEAD) as usize;
+    }
+
+    /// Grows by about an eighth when full, not double: collections are
+    /// loaded whole (then trimmed) and change a little at a time.
+    fn reserve(&mut self, extra: usize) {
+        if self.data.capacity() - self.data.len() < extra {
+            self.data.reserve_exact(extra.max(self.data.len() / 8).max(256));
+        }
+    }
+
+    /// Starts a record; returns its offset. The caller appends the entity, then calls [`Self::finish`].
+    fn begin(&mut self, size_hint: usize) -> usize {
+        self.reserve(HEADER + size_hint);
+        let at = self.data.len();
+        self.data.extend_from_slice(&[0; HEADER]);
+        at
+    }
+
+    fn finish(&mut self, id: u64, at: usize) {
+        let len = (self.data.len() - at - HEADER) as u32;
+        self.data[at..at + HEADER].copy_from_slice(&len.to_le_bytes());
+        if let Some(old) = self.index.insert(id, at as u32) {
+            self.kill(old);
+        }
+        self.maybe_compact();
+    }
+
+    fn maybe_compact(&mut self) {
+        if self.dead < 4096 || self.dead * 2 < self.data.len() {
+            return;
+        }
+        let mut live: Vec<(u32, u64)> = self.index.iter().map(|(id, at)| (*at, *id)).collect();
+        live.sort_unstable();
+        let mut data = Vec::with_capacity((self.data.len() - self.dead) * 9 / 8);
+        for (at, id) in live {
+            let at = at as usize;
+            let len = HEADER + (self.header(at) & !DEAD) as usize;
+            self.index.insert(id, data.len() as u32);
+            data.extend_from_slice(&self.data[at..at + len]);
+        }
+        self.data = data;
+        self.dead = 0;
+        if self.index.capacity() > 2 * self.index.len() + 16 {
+            self.index.shrink_to_fit();
+        }
+    }
+
+    /// Inserts or replaces an entity given in compact form.
+    pub fn insert_encoded(&mut self, id: u64, encoded: &[u8]) {
+        let at = self.begin(encoded.len());
+        self.data.extend_from_slice(encoded);
+        self.finish(id, at);
+    }
+
+    /// Inserts or replaces an entity from its JSON; `None` (nothing
+    /// changed) if it is not valid JSON.
+    pub fn insert_json(&mut self, id: u64, json: &[u8], shapes: &mut Shapes) -> Option<()> {
+        let at = self.begin(json.len() / 4);
+        if Encoder::new(shapes).encode(json, &mut self.data).is_none() {
+            self.data.truncate(at);
+            return None;
+        }
+        self.finish(id, at);
+        Some(())
+    }
+
+    /// Inserts or replaces an entity from a JSON object's members, without the keys in `drop`.
+    pub fn insert_members(
+        &mut self,
+        id: u64,
+        members: &[(&[u8], &[u8])],
+        drop: &[&[u8]],
+        shapes: &mut Shapes,
+    ) -> Option<()> {
+        let kept: Vec<(&[u8], &[u8])> = members.iter().copied().filter(|(k, _)| !drop.contains(k)).collect();
+        let at = self.begin(kept.iter().map(|(_, v)| v.len()).sum::<usize>() / 4);
+        if Encoder::new(shapes).encode_members(&kept, &mut self.data).is_none() {
+            self.data.truncate(at);
+            return None;
+        }
+        self.finish(id, at);
+        Some(())
+    }
+
+    /// Replaces the whole collection with the elements of a JSON array,
+    /// each keyed by the snowflake at `key` inside it.
+    pub fn fill(&mut self, array: &[u8], key: &[&[u8]], shapes: &mut Shapes) {
+        self.fill_where(array, key, shapes, |_| true);
+    }
+
+    /// Like [`Self::fill`], keeping only the entities whose key passes `keep`.
+    pub fn fill_where(&mut self, array: &[u8], key: &[&[u8]], shapes: &mut Shapes, keep: impl Fn(u64) -> bool) {
+        self.clear();
+        let Some(items) = compact::array_elements(array) else { return };
+        self.data.reserve(array.len() / 4);
+        self.index.reserve(items.len());
+        for item in items {
+            let at = self.data.len();
+            self.data.extend_from_slice(&[0; HEADER]);
+            let mut enc = Encoder::new(shapes);
+            if enc.encode(item, &mut self.data).is_none() {
+                self.data.truncate(at);
+                continue;
+            }
+            match shapes.snowflake_at(&self.data[at + HEADER..], key) {
+                Some(id) if keep(id) => self.finish(id, at),
+                _ => self.data.truncate(at),
+            }
+        }
+        self.data.shrink_to_fit();
+        self.index.shrink_to_fit();
     }
 
     /// Removes an entity; returns whether it was there.
     pub fn remove(&mut self, id: u64) -> bool {
-        self.map.remove(&id).is_some()
+        match self.index.remove(&id) {
+            Some(at) => {
+                self.kill(at);
+                self.maybe_compact();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The entity in compact form.
+    pub fn get(&self, id: u64) -> Option<&[u8]> {
+        let at = *self.index.get(&id)? as usize;
+        let len = (self.header(at) & !DEAD) as usize;
+        Some(&self.data[at + HEADER..at + HEADER + len])
     }
 
     /// The entity's JSON.
-    pub fn get(&self, id: u64) -> Option<&str> {
-        self.map.get(&id).map(|s| &**s)
+    pub fn get_json(&self, id: u64, shapes: &Shapes) -> Option<String> {
+        self.get(id).map(|e| shapes.to_json(e))
     }
 
     /// Number of entities.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.index.is_empty()
     }
 
     /// Drops every entity.
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.index.clear();
+        self.data.clear();
+        self.dead = 0;
     }
 
-    /// Keeps only the entities for which `keep` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(u64, &str) -> bool) {
-        self.map.retain(|id, raw| keep(*id, raw));
-    }
-
-    /// Iterates over the entities' JSON.
-    pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.map.values().map(|s| &**s)
+    /// Keeps only the entities for which `keep(id, compact form)` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64, &[u8]) -> bool) {
+        let gone: Vec<u64> =
+            self.index.keys().copied().filter(|&id| !keep(id, self.get(id).expect("indexed"))).collect();
+        for id in gone {
+            self.remove(id);
+        }
     }
 
     /// Iterates over ids.
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.map.keys().copied()
+        self.index.keys().copied()
     }
 
-    /// Heap bytes held (JSON text plus map slots).
+    /// Heap bytes held (records plus index slots).
     pub fn heap_bytes(&self) -> usize {
-        self.map.capacity() * (8 + std::mem::size_of::<Box<str>>() + 1)
-            + self.map.values().map(|s| s.len()).sum::<usize>()
+        self.data.capacity() + self.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
     }
 
-    /// Appends `[e1,e2,...]` to `out`.
-    pub fn write_array(&self, out: &mut Vec<u8>) {
+    /// Appends `[e1,e2,...]` (JSON) to `out`, in the order the entities arrived.
+    pub fn write_array(&self, shapes: &Shapes, out: &mut Vec<u8>) {
         out.push(b'[');
-        for (i, raw) in self.map.values().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        let mut first = true;
+        let mut at = 0;
+        while at < self.data.len() {
+            let h = self.header(at);
+            let end = at + HEADER + (h & !DEAD) as usize;
+            if h & DEAD == 0 {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                shapes.decode(&self.data[..end], &mut (at + HEADER), out);
             }
-            out.extend_from_slice(raw.as_bytes());
+            at = end;
         }
         out.push(b']');
     }

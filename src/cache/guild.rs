@@ -1,32 +1,42 @@
 //! One guild's cached state and the GUILD_CREATE built from it.
 
-use super::entities::{id_of, parse_object, user_id_of, write_object, Entities};
+use super::compact::{object_members, Encoder, Shapes};
+use super::entities::Entities;
 use crate::config::CacheConfig;
-use serde_json::value::RawValue;
 
 /// Keys of GUILD_CREATE that the cache holds as collections (or computes),
 /// so they are not kept in the guild's base object.
-const COLLECTION_KEYS: &[&str] = &[
-    "roles",
-    "emojis",
-    "stickers",
-    "channels",
-    "threads",
-    "members",
-    "presences",
-    "voice_states",
-    "stage_instances",
-    "guild_scheduled_events",
-    "soundboard_sounds",
-    "member_count",
-    "unavailable",
+const COLLECTION_KEYS: &[&[u8]] = &[
+    b"roles",
+    b"emojis",
+    b"stickers",
+    b"channels",
+    b"threads",
+    b"members",
+    b"presences",
+    b"voice_states",
+    b"stage_instances",
+    b"guild_scheduled_events",
+    b"soundboard_sounds",
+    b"member_count",
+    b"unavailable",
 ];
 
-/// Everything cached about one available guild.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+/// Where a collection's entities carry their key.
+pub const BY_ID: &[&[u8]] = &[b"id"];
+/// Members and presences are keyed by their user's id.
+pub const BY_USER_ID: &[&[u8]] = &[b"user", b"id"];
+/// Voice states carry their user's id flat.
+pub const BY_VOICE_USER: &[&[u8]] = &[b"user_id"];
+/// Soundboard sounds are keyed by `sound_id`.
+pub const BY_SOUND_ID: &[&[u8]] = &[b"sound_id"];
+
+/// Everything cached about one available guild, in compact form (see
+/// [`super::compact`]; the shard's [`Shapes`] turn it back into JSON).
+#[derive(Debug, Default, Clone)]
 pub struct Guild {
-    /// The guild object's other fields, as a JSON object, kept as Discord sent them.
-    base: Box<str>,
+    /// The guild object's other fields, as Discord sent them (compact object).
+    base: Box<[u8]>,
     /// Approximate member count, moved by member add/remove.
     pub member_count: u64,
     /// Roles by id.
@@ -53,102 +63,64 @@ pub struct Guild {
     pub soundboard_sounds: Entities,
 }
 
-/// Fills `target` with the array's elements keyed by `key_of`.
-pub fn fill(target: &mut Entities, raw: &RawValue, key_of: fn(&RawValue) -> Option<u64>) {
-    target.clear();
-    if let Ok(items) = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get()) {
-        for item in items {
-            if let Some(id) = key_of(&item) {
-                target.insert(id, item.get().into());
-            }
-        }
-    }
-}
-
-/// The id of a soundboard sound.
-pub fn sound_id_of(raw: &RawValue) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct S {
-        #[serde(deserialize_with = "super::entities::snowflake")]
-        sound_id: u64,
-    }
-    serde_json::from_str::<S>(raw.get()).ok().map(|s| s.sound_id)
-}
-
-/// The user id of a voice state.
-pub fn voice_user_id_of(raw: &RawValue) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct S {
-        #[serde(deserialize_with = "super::entities::snowflake")]
-        user_id: u64,
-    }
-    serde_json::from_str::<S>(raw.get()).ok().map(|s| s.user_id)
-}
-
 impl Guild {
     /// Builds the guild from a GUILD_CREATE payload, keeping what `flags` asks for.
-    pub fn from_create(d: &str, flags: &CacheConfig, bot_id: Option<u64>) -> Option<Self> {
-        let pairs = parse_object(d)?;
+    pub fn from_create(d: &[u8], flags: &CacheConfig, bot_id: Option<u64>, shapes: &mut Shapes) -> Option<Self> {
+        let pairs = object_members(d)?;
         let mut g = Guild::default();
-        for (key, value) in &pairs {
-            match key.as_str() {
-                "roles" if flags.roles => fill(&mut g.roles, value, id_of),
-                "emojis" if flags.emojis => fill(&mut g.emojis, value, id_of),
-                "stickers" if flags.stickers => fill(&mut g.stickers, value, id_of),
-                "channels" if flags.channels => fill(&mut g.channels, value, id_of),
-                "threads" if flags.channels => fill(&mut g.threads, value, id_of),
-                "members" if flags.members || flags.current_member => {
-                    fill(&mut g.members, value, user_id_of);
-                    if !flags.members {
-                        g.members.retain(|id, _| Some(id) == bot_id);
-                    }
+        let mut base = Vec::with_capacity(pairs.len());
+        for &(key, value) in &pairs {
+            match key {
+                b"roles" if flags.roles => g.roles.fill(value, BY_ID, shapes),
+                b"emojis" if flags.emojis => g.emojis.fill(value, BY_ID, shapes),
+                b"stickers" if flags.stickers => g.stickers.fill(value, BY_ID, shapes),
+                b"channels" if flags.channels => g.channels.fill(value, BY_ID, shapes),
+                b"threads" if flags.channels => g.threads.fill(value, BY_ID, shapes),
+                b"members" if flags.members => g.members.fill(value, BY_USER_ID, shapes),
+                b"members" if flags.current_member => {
+                    g.members.fill_where(value, BY_USER_ID, shapes, |id| Some(id) == bot_id)
                 }
-                "presences" if flags.presences => fill(&mut g.presences, value, user_id_of),
-                "voice_states" if flags.voice_states => fill(&mut g.voice_states, value, voice_user_id_of),
-                "stage_instances" if flags.stage_instances => fill(&mut g.stage_instances, value, id_of),
-                "guild_scheduled_events" if flags.scheduled_events => fill(&mut g.scheduled_events, value, id_of),
-                "soundboard_sounds" if flags.soundboard_sounds => fill(&mut g.soundboard_sounds, value, sound_id_of),
-                "member_count" => g.member_count = serde_json::from_str(value.get()).unwrap_or(0),
-                _ => {}
+                b"presences" if flags.presences => g.presences.fill(value, BY_USER_ID, shapes),
+                b"voice_states" if flags.voice_states => g.voice_states.fill(value, BY_VOICE_USER, shapes),
+                b"stage_instances" if flags.stage_instances => g.stage_instances.fill(value, BY_ID, shapes),
+                b"guild_scheduled_events" if flags.scheduled_events => g.scheduled_events.fill(value, BY_ID, shapes),
+                b"soundboard_sounds" if flags.soundboard_sounds => g.soundboard_sounds.fill(value, BY_SOUND_ID, shapes),
+                b"member_count" => g.member_count = serde_json::from_slice(value).unwrap_or(0),
+                k if COLLECTION_KEYS.contains(&k) => {}
+                _ => base.push((key, value)),
             }
         }
-        g.base = write_object(
-            pairs.iter().filter(|(k, _)| !COLLECTION_KEYS.contains(&k.as_str())).map(|(k, v)| (k.as_str(), &**v)),
-        );
+        let mut out = Vec::new();
+        Encoder::new(shapes).encode_members(&base, &mut out)?;
+        g.base = out.into();
         Some(g)
     }
 
     /// Applies GUILD_UPDATE: new guild fields replace old ones; roles, emojis
     /// and stickers it carries replace the cached sets.
-    pub fn apply_update(&mut self, d: &str, flags: &CacheConfig) {
-        let Some(update) = parse_object(d) else { return };
-        let Some(mut base) = parse_object(&self.base) else { return };
-        for (key, value) in update {
-            match key.as_str() {
-                "roles" if flags.roles => fill(&mut self.roles, &value, id_of),
-                "emojis" if flags.emojis => fill(&mut self.emojis, &value, id_of),
-                "stickers" if flags.stickers => fill(&mut self.stickers, &value, id_of),
+    pub fn apply_update(&mut self, d: &[u8], flags: &CacheConfig, shapes: &mut Shapes) {
+        let Some(update) = object_members(d) else { return };
+        let mut fields = Vec::with_capacity(update.len());
+        for &(key, value) in &update {
+            match key {
+                b"roles" if flags.roles => self.roles.fill(value, BY_ID, shapes),
+                b"emojis" if flags.emojis => self.emojis.fill(value, BY_ID, shapes),
+                b"stickers" if flags.stickers => self.stickers.fill(value, BY_ID, shapes),
                 k if COLLECTION_KEYS.contains(&k) => {}
-                _ => match base.iter_mut().find(|(k, _)| *k == key) {
-                    Some(slot) => slot.1 = value,
-                    None => base.push((key, value)),
-                },
+                _ => fields.push((key, Some(value))),
             }
         }
-        self.base = write_object(base.iter().map(|(k, v)| (k.as_str(), &**v)));
-    }
-
-    /// The guild's id, read from its base object.
-    pub fn base(&self) -> &str {
-        &self.base
+        if let Some(base) = shapes.merge(&self.base, &fields, &[]) {
+            self.base = base.into();
+        }
     }
 
     /// Appends this guild's GUILD_CREATE `d` object.
-    pub fn write_create(&self, out: &mut Vec<u8>) {
-        let base = self.base.as_bytes();
-        // base is `{...}`: reopen it and append the collections.
-        out.extend_from_slice(&base[..base.len() - 1]);
-        if base.len() > 2 {
+    pub fn write_create(&self, shapes: &Shapes, out: &mut Vec<u8>) {
+        shapes.decode(&self.base, &mut 0, out);
+        // The base is `{...}`: reopen it and append the collections.
+        out.pop();
+        if out.last() != Some(&b'{') {
             out.push(b',');
         }
         out.extend_from_slice(b"\"unavailable\":false,\"member_count\":");
@@ -170,30 +142,35 @@ impl Guild {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"\":");
-            set.write_array(out);
+            set.write_array(shapes, out);
         }
         out.push(b'}');
     }
 
+    fn sets(&self) -> [&Entities; 11] {
+        [
+            &self.roles,
+            &self.emojis,
+            &self.stickers,
+            &self.channels,
+            &self.threads,
+            &self.members,
+            &self.presences,
+            &self.voice_states,
+            &self.stage_instances,
+            &self.scheduled_events,
+            &self.soundboard_sounds,
+        ]
+    }
+
     /// Heap bytes held by this guild.
     pub fn heap_bytes(&self) -> usize {
-        self.base.len()
-            + [
-                &self.roles,
-                &self.emojis,
-                &self.stickers,
-                &self.channels,
-                &self.threads,
-                &self.members,
-                &self.presences,
-                &self.voice_states,
-                &self.stage_instances,
-                &self.scheduled_events,
-                &self.soundboard_sounds,
-            ]
-            .iter()
-            .map(|e| e.heap_bytes())
-            .sum::<usize>()
+        self.base.len() + self.sets().iter().map(|e| e.heap_bytes()).sum::<usize>()
+    }
+
+    /// Number of cached entities of every kind.
+    pub fn entity_count(&self) -> usize {
+        self.sets().iter().map(|e| e.len()).sum()
     }
 }
 
@@ -218,9 +195,10 @@ mod tests {
     #[test]
     fn create_round_trips_with_every_array() {
         let d = r#"{"id":"1","name":"g","roles":[{"id":"1","name":"@everyone"}],"member_count":2,"members":[{"user":{"id":"7"}}],"unavailable":false,"large":false,"features":["X"]}"#;
-        let g = Guild::from_create(d, &all(), None).unwrap();
+        let mut shapes = Shapes::default();
+        let g = Guild::from_create(d.as_bytes(), &all(), None, &mut shapes).unwrap();
         let mut out = Vec::new();
-        g.write_create(&mut out);
+        g.write_create(&shapes, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["name"], "g");
         assert_eq!(v["features"][0], "X");
@@ -246,7 +224,7 @@ mod tests {
     fn current_member_only_keeps_the_bot() {
         let d = r#"{"id":"1","members":[{"user":{"id":"7"}},{"user":{"id":"8"}}]}"#;
         let flags = CacheConfig::default();
-        let g = Guild::from_create(d, &flags, Some(8)).unwrap();
+        let g = Guild::from_create(d.as_bytes(), &flags, Some(8), &mut Shapes::default()).unwrap();
         assert_eq!(g.members.len(), 1);
         assert!(g.members.get(8).is_some());
     }
@@ -254,10 +232,11 @@ mod tests {
     #[test]
     fn update_merges_fields_and_replaces_roles() {
         let d = r#"{"id":"1","name":"old","icon":null,"roles":[{"id":"1"},{"id":"2"}]}"#;
-        let mut g = Guild::from_create(d, &all(), None).unwrap();
-        g.apply_update(r#"{"id":"1","name":"new","banner":"b","roles":[{"id":"3"}]}"#, &all());
+        let mut shapes = Shapes::default();
+        let mut g = Guild::from_create(d.as_bytes(), &all(), None, &mut shapes).unwrap();
+        g.apply_update(br#"{"id":"1","name":"new","banner":"b","roles":[{"id":"3"}]}"#, &all(), &mut shapes);
         let mut out = Vec::new();
-        g.write_create(&mut out);
+        g.write_create(&shapes, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["name"], "new");
         assert_eq!(v["banner"], "b");

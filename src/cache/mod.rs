@@ -2,12 +2,14 @@
 //! client identifies. Events are applied as they arrive from Discord; only
 //! events that change that state are parsed at all (see [`is_cache_event`]).
 
+pub mod compact;
 pub mod entities;
 pub mod guild;
 
 use crate::config::CacheConfig;
-use entities::{id_of, opt_snowflake, parse_object, snowflake, user_id_of, write_object, IdMap};
-use guild::{fill, sound_id_of, Guild};
+use compact::{object_members, Shapes};
+use entities::{id_of, opt_snowflake, snowflake, user_id_of, Entities, IdMap};
+use guild::{Guild, BY_ID, BY_SOUND_ID};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -65,7 +67,10 @@ pub enum GuildStatus {
 }
 
 /// The cached state of one shard.
-#[derive(Debug, Default, serde::Serialize, Deserialize)]
+///
+/// Saved (in the state file) as READY's parts and each guild's GUILD_CREATE
+/// JSON, so a file outlives changes to the compact form.
+#[derive(Debug, Default)]
 pub struct ShardCache {
     flags: CacheConfig,
     /// The bot's user object (READY `user`, kept current by USER_UPDATE).
@@ -75,12 +80,64 @@ pub struct ShardCache {
     application: Option<Box<str>>,
     guilds: IdMap<Guild>,
     missing: IdMap<GuildStatus>,
+    /// Object layouts of every compact entity of this shard.
+    shapes: Shapes,
 }
 
-#[derive(Deserialize)]
-struct GuildIdOnly {
-    #[serde(deserialize_with = "snowflake")]
-    guild_id: u64,
+/// [`ShardCache`] as saved: JSON throughout.
+#[derive(serde::Serialize, Deserialize)]
+struct SavedCache {
+    flags: CacheConfig,
+    user: Option<Box<str>>,
+    bot_id: Option<u64>,
+    application: Option<Box<str>>,
+    /// Each guild's GUILD_CREATE `d`.
+    guilds: Vec<Box<serde_json::value::RawValue>>,
+    missing: IdMap<GuildStatus>,
+}
+
+impl serde::Serialize for ShardCache {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut guilds = Vec::with_capacity(self.guilds.len());
+        let mut buf = Vec::new();
+        for g in self.guilds.values() {
+            buf.clear();
+            g.write_create(&self.shapes, &mut buf);
+            let text = String::from_utf8(buf.clone()).map_err(serde::ser::Error::custom)?;
+            guilds.push(serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?);
+        }
+        SavedCache {
+            flags: self.flags.clone(),
+            user: self.user.clone(),
+            bot_id: self.bot_id,
+            application: self.application.clone(),
+            guilds,
+            missing: self.missing.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ShardCache {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let saved = SavedCache::deserialize(d)?;
+        let mut cache = ShardCache {
+            flags: saved.flags,
+            user: saved.user,
+            bot_id: saved.bot_id,
+            application: saved.application,
+            missing: saved.missing,
+            ..ShardCache::default()
+        };
+        for g in saved.guilds {
+            let text = g.get().as_bytes();
+            let id = serde_json::from_str::<entities::HasId>(g.get()).map_err(serde::de::Error::custom)?.id;
+            let guild = Guild::from_create(text, &cache.flags, cache.bot_id, &mut cache.shapes)
+                .ok_or_else(|| serde::de::Error::custom("a saved guild is not a JSON object"))?;
+            cache.guilds.insert(id, guild);
+        }
+        Ok(cache)
+    }
 }
 
 #[derive(Deserialize)]
@@ -101,14 +158,6 @@ struct GuildDelete {
 }
 
 #[derive(Deserialize)]
-struct RoleEvent<'a> {
-    #[serde(deserialize_with = "snowflake")]
-    guild_id: u64,
-    #[serde(borrow)]
-    role: &'a RawValue,
-}
-
-#[derive(Deserialize)]
 struct RoleDelete {
     #[serde(deserialize_with = "snowflake")]
     guild_id: u64,
@@ -122,8 +171,6 @@ struct ChannelLike {
     id: u64,
     #[serde(default, deserialize_with = "opt_snowflake")]
     guild_id: Option<u64>,
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    parent_id: Option<u64>,
     #[serde(default)]
     thread_metadata: Option<ThreadMetadata>,
 }
@@ -217,58 +264,47 @@ struct SoundEvent {
     guild_id: u64,
 }
 
-#[derive(Deserialize)]
-struct Presence<'a> {
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    guild_id: Option<u64>,
-    user: entities::HasId,
-    #[serde(borrow, default)]
-    status: Option<&'a str>,
-}
-
-/// Removes `guild_id` (and other keys Discord omits inside GUILD_CREATE) from an event object.
-fn without_keys(d: &str, drop: &[&str]) -> Option<Box<str>> {
-    let pairs = parse_object(d)?;
-    Some(write_object(pairs.iter().filter(|(k, _)| !drop.contains(&k.as_str())).map(|(k, v)| (k.as_str(), &**v))))
-}
-
 /// Keys of a thread member object that Discord omits on the member inside a
 /// thread of GUILD_CREATE (and the extras THREAD_MEMBERS_UPDATE adds).
-const THREAD_MEMBER_DROP: &[&str] = &["id", "user_id", "guild_id", "member", "presence"];
-
-/// Sets (`Some`) or removes (`None`) one key of the stored object `obj`.
-fn with_key(obj: &str, key: &str, value: Option<&RawValue>) -> Option<Box<str>> {
-    let mut pairs = parse_object(obj)?;
-    let at = pairs.iter().position(|(k, _)| k == key);
-    match (at, value) {
-        (Some(i), Some(v)) => pairs[i].1 = v.to_owned(),
-        (None, Some(v)) => pairs.push((key.to_owned(), v.to_owned())),
-        (Some(i), None) => {
-            pairs.remove(i);
-        }
-        (None, None) => return Some(obj.into()),
-    }
-    Some(write_object(pairs.iter().map(|(k, v)| (k.as_str(), &**v))))
-}
+const THREAD_MEMBER_DROP: &[&[u8]] = &[b"id", b"user_id", b"guild_id", b"member", b"presence"];
 
 /// The current user's thread member as GUILD_CREATE lists it inside a thread.
-fn short_thread_member(raw: &str) -> Option<Box<RawValue>> {
-    RawValue::from_string(without_keys(raw, THREAD_MEMBER_DROP)?.into()).ok()
+fn short_thread_member(raw: &[u8]) -> Option<String> {
+    let kept: Vec<(&[u8], &[u8])> =
+        object_members(raw)?.into_iter().filter(|(k, _)| !THREAD_MEMBER_DROP.contains(k)).collect();
+    let mut out = String::from("{");
+    for (i, (k, v)) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(std::str::from_utf8(k).ok()?);
+        out.push_str("\":");
+        out.push_str(std::str::from_utf8(v).ok()?);
+    }
+    out.push('}');
+    Some(out)
 }
 
-/// Overlays the fields of `update` onto the stored object `old`.
-fn merge(old: &str, update: &str, drop: &[&str]) -> Option<Box<str>> {
-    let mut base = parse_object(old)?;
-    for (k, v) in parse_object(update)? {
-        if drop.contains(&k.as_str()) {
-            continue;
-        }
-        match base.iter_mut().find(|(bk, _)| *bk == k) {
-            Some(slot) => slot.1 = v,
-            None => base.push((k, v)),
-        }
-    }
-    Some(write_object(base.iter().map(|(k, v)| (k.as_str(), &**v))))
+/// A snowflake written as a JSON string or number.
+fn snowflake_json(raw: &[u8]) -> Option<u64> {
+    let digits = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")).unwrap_or(raw);
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The value of `key` among an object's members.
+fn member<'a>(members: &[(&[u8], &'a [u8])], key: &[u8]) -> Option<&'a [u8]> {
+    members.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// The snowflake at `key` among an object's members.
+fn id_at(members: &[(&[u8], &[u8])], key: &[u8]) -> Option<u64> {
+    member(members, key).and_then(snowflake_json)
+}
+
+/// The `id` of the object at `key` among an object's members (`user.id`).
+fn nested_id(members: &[(&[u8], &[u8])], key: &[u8]) -> Option<u64> {
+    id_at(&object_members(member(members, key)?)?, b"id")
 }
 
 impl ShardCache {
@@ -307,6 +343,22 @@ impl ShardCache {
         self.guilds.get(&id)
     }
 
+    /// Appends guild `id`'s GUILD_CREATE `d`; false if it is not available.
+    pub fn write_create(&self, id: u64, out: &mut Vec<u8>) -> bool {
+        match self.guilds.get(&id) {
+            Some(g) => {
+                g.write_create(&self.shapes, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The JSON of one cached entity of a guild's collection (`pick` chooses the collection).
+    pub fn entity_json(&self, guild: u64, pick: impl Fn(&Guild) -> &Entities, id: u64) -> Option<String> {
+        pick(self.guilds.get(&guild)?).get_json(id, &self.shapes)
+    }
+
     /// Guilds listed but not available, with why.
     pub fn missing(&self) -> impl Iterator<Item = (u64, GuildStatus)> + '_ {
         self.missing.iter().map(|(id, s)| (*id, *s))
@@ -317,11 +369,17 @@ impl ShardCache {
         self.guilds.len() + self.missing.len()
     }
 
+    /// Number of interned object shapes.
+    pub fn shape_count(&self) -> usize {
+        self.shapes.len()
+    }
+
     /// Heap bytes held by cached guild state.
     pub fn heap_bytes(&self) -> usize {
         self.guilds.values().map(Guild::heap_bytes).sum::<usize>()
-            + self.guilds.capacity() * (8 + std::mem::size_of::<Guild>())
-            + self.missing.capacity() * 16
+            + self.guilds.capacity() * (8 + std::mem::size_of::<Guild>() + 1)
+            + self.missing.capacity() * 17
+            + self.shapes.heap_bytes()
     }
 
     /// Applies one dispatch. Returns the ids of guilds that a fresh READY
@@ -332,7 +390,9 @@ impl ShardCache {
     }
 
     fn apply_inner(&mut self, t: &[u8], d: &str) -> Option<Vec<u64>> {
-        let flags = self.flags.clone();
+        let flags = &self.flags;
+        let shapes = &mut self.shapes;
+        let db = d.as_bytes();
         match t {
             b"READY" => {
                 let ready: Ready = serde_json::from_str(d).ok()?;
@@ -362,14 +422,14 @@ impl ShardCache {
                     self.guilds.remove(&del.id);
                     self.missing.insert(del.id, GuildStatus::Unavailable);
                 } else {
-                    let guild = Guild::from_create(d, &flags, self.bot_id)?;
+                    let guild = Guild::from_create(db, flags, self.bot_id, shapes)?;
                     self.missing.remove(&del.id);
                     self.guilds.insert(del.id, guild);
                 }
             }
             b"GUILD_UPDATE" => {
                 let id = serde_json::from_str::<entities::HasId>(d).ok()?.id;
-                self.guilds.get_mut(&id)?.apply_update(d, &flags);
+                self.guilds.get_mut(&id)?.apply_update(db, flags, shapes);
             }
             b"GUILD_DELETE" => {
                 let del: GuildDelete = serde_json::from_str(d).ok()?;
@@ -381,26 +441,25 @@ impl ShardCache {
                 }
             }
             b"GUILD_ROLE_CREATE" | b"GUILD_ROLE_UPDATE" if flags.roles => {
-                let ev: RoleEvent = serde_json::from_str(d).ok()?;
-                let id = id_of(ev.role)?;
-                self.guilds.get_mut(&ev.guild_id)?.roles.insert(id, ev.role.get().into());
+                let ev = object_members(db)?;
+                let role = member(&ev, b"role")?;
+                let id = id_at(&object_members(role)?, b"id")?;
+                self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?.roles.insert_json(id, role, shapes)?;
             }
             b"GUILD_ROLE_DELETE" if flags.roles => {
                 let ev: RoleDelete = serde_json::from_str(d).ok()?;
                 self.guilds.get_mut(&ev.guild_id)?.roles.remove(ev.role_id);
             }
             b"CHANNEL_CREATE" | b"CHANNEL_UPDATE" if flags.channels => {
-                let ch: ChannelLike = serde_json::from_str(d).ok()?;
-                let guild = self.guilds.get_mut(&ch.guild_id?)?;
-                guild.channels.insert(ch.id, without_keys(d, &["guild_id"])?);
+                let ev = object_members(db)?;
+                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+                guild.channels.insert_members(id_at(&ev, b"id")?, &ev, &[b"guild_id"], shapes)?;
             }
             b"CHANNEL_DELETE" if flags.channels => {
                 let ch: ChannelLike = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&ch.guild_id?)?;
                 guild.channels.remove(ch.id);
-                guild.threads.retain(|_, raw| {
-                    serde_json::from_str::<ChannelLike>(raw).map_or(true, |t| t.parent_id != Some(ch.id))
-                });
+                guild.threads.retain(|_, e| shapes.snowflake_at(e, &[b"parent_id"]) != Some(ch.id));
             }
             b"THREAD_CREATE" | b"THREAD_UPDATE" if flags.channels => {
                 let th: ChannelLike = serde_json::from_str(d).ok()?;
@@ -409,20 +468,27 @@ impl ShardCache {
                     // Only active threads are listed.
                     guild.threads.remove(th.id);
                 } else {
-                    let mut pairs = parse_object(d)?;
-                    pairs.retain(|(k, _)| k != "newly_created");
-                    match pairs.iter_mut().find(|(k, _)| k == "member") {
+                    let mut pairs = object_members(db)?;
+                    pairs.retain(|(k, _)| *k != b"newly_created");
+                    let short;
+                    let old = guild.threads.get_json(th.id, shapes);
+                    match pairs.iter_mut().find(|(k, _)| *k == b"member") {
                         // Added to the thread: our thread member, in GUILD_CREATE's form.
-                        Some(slot) => slot.1 = short_thread_member(slot.1.get())?,
+                        Some(slot) => {
+                            short = short_thread_member(slot.1)?;
+                            slot.1 = short.as_bytes();
+                        }
                         // Our membership does not change with the thread.
                         None => {
-                            let old = guild.threads.get(th.id).and_then(parse_object);
-                            if let Some(member) = old.and_then(|o| o.into_iter().find(|(k, _)| k == "member")) {
-                                pairs.push(member);
+                            let old_member = old
+                                .as_deref()
+                                .and_then(|o| object_members(o.as_bytes())?.into_iter().find(|(k, _)| *k == b"member"));
+                            if let Some(m) = old_member {
+                                pairs.push(m);
                             }
                         }
                     }
-                    guild.threads.insert(th.id, write_object(pairs.iter().map(|(k, v)| (k.as_str(), &**v))));
+                    guild.threads.insert_members(th.id, &pairs, &[], shapes)?;
                 }
             }
             b"THREAD_DELETE" if flags.channels => {
@@ -435,24 +501,23 @@ impl ShardCache {
                 match &sync.channel_ids {
                     Some(parents) => {
                         let parents: HashSet<u64> = parents.iter().map(|p| p.0).collect();
-                        guild.threads.retain(|_, raw| {
-                            serde_json::from_str::<ChannelLike>(raw)
-                                .map_or(true, |t| !t.parent_id.is_some_and(|p| parents.contains(&p)))
+                        guild.threads.retain(|_, e| {
+                            !shapes.snowflake_at(e, &[b"parent_id"]).is_some_and(|p| parents.contains(&p))
                         });
                     }
                     None => guild.threads.clear(),
                 }
                 for th in sync.threads {
                     if let Some(id) = id_of(th) {
-                        guild.threads.insert(id, th.get().into());
+                        guild.threads.insert_json(id, th.get().as_bytes(), shapes);
                     }
                 }
                 for m in sync.members {
                     let Ok(ThreadMember { id: Some(id), .. }) = serde_json::from_str(m.get()) else { continue };
-                    if let Some(stored) = guild.threads.get(id) {
-                        let updated = with_key(stored, "member", Some(&*short_thread_member(m.get())?))?;
-                        guild.threads.insert(id, updated);
-                    }
+                    let short = short_thread_member(m.get().as_bytes())?;
+                    let Some(stored) = guild.threads.get(id) else { continue };
+                    let updated = shapes.merge(stored, &[(b"member", Some(short.as_bytes()))], &[])?;
+                    guild.threads.insert_encoded(id, &updated);
                 }
             }
             b"THREAD_MEMBER_UPDATE" if flags.channels => {
@@ -460,52 +525,58 @@ impl ShardCache {
                 let tm: ThreadMember = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&tm.guild_id?)?;
                 let id = tm.id?;
-                let updated = with_key(guild.threads.get(id)?, "member", Some(&*short_thread_member(d)?))?;
-                guild.threads.insert(id, updated);
+                let short = short_thread_member(db)?;
+                let updated = shapes.merge(guild.threads.get(id)?, &[(b"member", Some(short.as_bytes()))], &[])?;
+                guild.threads.insert_encoded(id, &updated);
             }
             b"THREAD_MEMBERS_UPDATE" if flags.channels => {
                 let ev: ThreadMembersUpdate = serde_json::from_str(d).ok()?;
                 let bot_id = self.bot_id;
                 let guild = self.guilds.get_mut(&ev.guild_id)?;
-                let mut updated = with_key(guild.threads.get(ev.id)?, "member_count", Some(ev.member_count))?;
+                let mut ours: Option<Option<String>> = None;
                 if let Some(bot_id) = bot_id {
                     for m in &ev.added_members {
                         let tm: ThreadMember = serde_json::from_str(m.get()).ok()?;
                         if tm.user_id == Some(bot_id) {
-                            updated = with_key(&updated, "member", Some(&*short_thread_member(m.get())?))?;
+                            ours = Some(Some(short_thread_member(m.get().as_bytes())?));
                         }
                     }
                     if ev.removed_member_ids.iter().any(|r| r.0 == bot_id) {
-                        updated = with_key(&updated, "member", None)?;
+                        ours = Some(None);
                     }
                 }
-                guild.threads.insert(ev.id, updated);
+                let mut update: Vec<(&[u8], Option<&[u8]>)> =
+                    vec![(b"member_count", Some(ev.member_count.get().as_bytes()))];
+                if let Some(m) = &ours {
+                    update.push((b"member", m.as_deref().map(str::as_bytes)));
+                }
+                let updated = shapes.merge(guild.threads.get(ev.id)?, &update, &[])?;
+                guild.threads.insert_encoded(ev.id, &updated);
             }
             b"GUILD_MEMBER_ADD" => {
-                let gid = serde_json::from_str::<GuildIdOnly>(d).ok()?.guild_id;
-                let bot_id = self.bot_id;
-                let guild = self.guilds.get_mut(&gid)?;
+                let ev = object_members(db)?;
+                let uid = nested_id(&ev, b"user")?;
+                let keep = flags.members || (flags.current_member && Some(uid) == self.bot_id);
+                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
                 guild.member_count += 1;
-                let raw: &RawValue = serde_json::from_str(d).ok()?;
-                let uid = user_id_of(raw)?;
-                if flags.members || (flags.current_member && Some(uid) == bot_id) {
-                    guild.members.insert(uid, without_keys(d, &["guild_id"])?);
+                if keep {
+                    guild.members.insert_members(uid, &ev, &[b"guild_id"], shapes)?;
                 }
             }
             b"GUILD_MEMBER_UPDATE" => {
-                let gid = serde_json::from_str::<GuildIdOnly>(d).ok()?.guild_id;
-                let bot_id = self.bot_id;
-                let guild = self.guilds.get_mut(&gid)?;
-                let raw: &RawValue = serde_json::from_str(d).ok()?;
-                let uid = user_id_of(raw)?;
-                let merged = match guild.members.get(uid) {
-                    Some(old) => merge(old, d, &["guild_id"])?,
-                    None if flags.members || (flags.current_member && Some(uid) == bot_id) => {
-                        without_keys(d, &["guild_id"])?
+                let ev = object_members(db)?;
+                let uid = nested_id(&ev, b"user")?;
+                let keep = flags.members || (flags.current_member && Some(uid) == self.bot_id);
+                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+                match guild.members.get(uid) {
+                    Some(old) => {
+                        let update: Vec<(&[u8], Option<&[u8]>)> = ev.iter().map(|&(k, v)| (k, Some(v))).collect();
+                        let merged = shapes.merge(old, &update, &[b"guild_id"])?;
+                        guild.members.insert_encoded(uid, &merged);
                     }
+                    None if keep => guild.members.insert_members(uid, &ev, &[b"guild_id"], shapes)?,
                     None => return None,
-                };
-                guild.members.insert(uid, merged);
+                }
             }
             b"GUILD_MEMBER_REMOVE" => {
                 let ev: MemberRemove = serde_json::from_str(d).ok()?;
@@ -516,23 +587,24 @@ impl ShardCache {
             }
             b"GUILD_MEMBERS_CHUNK" => {
                 let chunk: MembersChunk = serde_json::from_str(d).ok()?;
-                let bot_id = self.bot_id;
+                let (members, current, bot_id) = (flags.members, flags.current_member, self.bot_id);
                 let guild = self.guilds.get_mut(&chunk.guild_id)?;
                 for m in chunk.members {
                     if let Some(uid) = user_id_of(m) {
-                        if flags.members || (flags.current_member && Some(uid) == bot_id) {
-                            guild.members.insert(uid, m.get().into());
+                        if members || (current && Some(uid) == bot_id) {
+                            guild.members.insert_json(uid, m.get().as_bytes(), shapes);
                         }
                     }
                 }
                 if flags.presences {
                     // Like PRESENCE_UPDATE: offline members are not listed.
                     for p in chunk.presences.unwrap_or_default() {
-                        let Ok(presence) = serde_json::from_str::<Presence>(p.get()) else { continue };
-                        if presence.status == Some("offline") {
-                            guild.presences.remove(presence.user.id);
+                        let Some(ev) = object_members(p.get().as_bytes()) else { continue };
+                        let Some(uid) = nested_id(&ev, b"user") else { continue };
+                        if member(&ev, b"status") == Some(b"\"offline\"") {
+                            guild.presences.remove(uid);
                         } else {
-                            guild.presences.insert(presence.user.id, without_keys(p.get(), &["guild_id"])?);
+                            guild.presences.insert_members(uid, &ev, &[b"guild_id"], shapes);
                         }
                     }
                 }
@@ -541,10 +613,9 @@ impl ShardCache {
                 // Several sounds updated at once: only the listed ones change.
                 let ev: ListUpdate = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&ev.guild_id)?;
-                let sounds: Vec<&RawValue> = serde_json::from_str(ev.soundboard_sounds?.get()).ok()?;
-                for sound in sounds {
-                    if let Some(id) = sound_id_of(sound) {
-                        guild.soundboard_sounds.insert(id, sound.get().into());
+                for sound in compact::array_elements(ev.soundboard_sounds?.get().as_bytes())? {
+                    if let Some(id) = object_members(sound).and_then(|s| id_at(&s, b"sound_id")) {
+                        guild.soundboard_sounds.insert_json(id, sound, shapes);
                     }
                 }
             }
@@ -553,36 +624,38 @@ impl ShardCache {
                 let ev: ListUpdate = serde_json::from_str(d).ok()?;
                 let guild = self.guilds.get_mut(&ev.guild_id)?;
                 if let (Some(list), true) = (ev.emojis, flags.emojis) {
-                    fill(&mut guild.emojis, list, id_of);
+                    guild.emojis.fill(list.get().as_bytes(), BY_ID, shapes);
                 }
                 if let (Some(list), true) = (ev.stickers, flags.stickers) {
-                    fill(&mut guild.stickers, list, id_of);
+                    guild.stickers.fill(list.get().as_bytes(), BY_ID, shapes);
                 }
                 if let (Some(list), true) = (ev.soundboard_sounds, flags.soundboard_sounds) {
-                    fill(&mut guild.soundboard_sounds, list, sound_id_of);
+                    guild.soundboard_sounds.fill(list.get().as_bytes(), BY_SOUND_ID, shapes);
                 }
             }
             b"PRESENCE_UPDATE" if flags.presences => {
-                let p: Presence = serde_json::from_str(d).ok()?;
-                let guild = self.guilds.get_mut(&p.guild_id?)?;
-                if p.status == Some("offline") {
-                    guild.presences.remove(p.user.id);
+                let ev = object_members(db)?;
+                let uid = nested_id(&ev, b"user")?;
+                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+                if member(&ev, b"status") == Some(b"\"offline\"") {
+                    guild.presences.remove(uid);
                 } else {
-                    guild.presences.insert(p.user.id, without_keys(d, &["guild_id"])?);
+                    guild.presences.insert_members(uid, &ev, &[b"guild_id"], shapes)?;
                 }
             }
             b"VOICE_STATE_UPDATE" if flags.voice_states => {
-                let vs: entities::VoiceStateIds = serde_json::from_str(d).ok()?;
-                let guild = self.guilds.get_mut(&vs.guild_id?)?;
-                if vs.channel_id.is_none() {
-                    guild.voice_states.remove(vs.user_id);
+                let ev = object_members(db)?;
+                let uid = id_at(&ev, b"user_id")?;
+                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+                if member(&ev, b"channel_id").is_none_or(|c| c == b"null") {
+                    guild.voice_states.remove(uid);
                 } else {
-                    guild.voice_states.insert(vs.user_id, without_keys(d, &["guild_id", "member"])?);
+                    guild.voice_states.insert_members(uid, &ev, &[b"guild_id", b"member"], shapes)?;
                 }
             }
             b"STAGE_INSTANCE_CREATE" | b"STAGE_INSTANCE_UPDATE" if flags.stage_instances => {
                 let ev: IdAndGuild = serde_json::from_str(d).ok()?;
-                self.guilds.get_mut(&ev.guild_id)?.stage_instances.insert(ev.id, d.into());
+                self.guilds.get_mut(&ev.guild_id)?.stage_instances.insert_json(ev.id, db, shapes)?;
             }
             b"STAGE_INSTANCE_DELETE" if flags.stage_instances => {
                 let ev: IdAndGuild = serde_json::from_str(d).ok()?;
@@ -590,7 +663,7 @@ impl ShardCache {
             }
             b"GUILD_SCHEDULED_EVENT_CREATE" | b"GUILD_SCHEDULED_EVENT_UPDATE" if flags.scheduled_events => {
                 let ev: IdAndGuild = serde_json::from_str(d).ok()?;
-                self.guilds.get_mut(&ev.guild_id)?.scheduled_events.insert(ev.id, d.into());
+                self.guilds.get_mut(&ev.guild_id)?.scheduled_events.insert_json(ev.id, db, shapes)?;
             }
             b"GUILD_SCHEDULED_EVENT_DELETE" if flags.scheduled_events => {
                 let ev: IdAndGuild = serde_json::from_str(d).ok()?;
@@ -598,7 +671,7 @@ impl ShardCache {
             }
             b"GUILD_SOUNDBOARD_SOUND_CREATE" | b"GUILD_SOUNDBOARD_SOUND_UPDATE" if flags.soundboard_sounds => {
                 let ev: SoundEvent = serde_json::from_str(d).ok()?;
-                self.guilds.get_mut(&ev.guild_id)?.soundboard_sounds.insert(ev.sound_id, d.into());
+                self.guilds.get_mut(&ev.guild_id)?.soundboard_sounds.insert_json(ev.sound_id, db, shapes)?;
             }
             b"GUILD_SOUNDBOARD_SOUND_DELETE" if flags.soundboard_sounds => {
                 let ev: SoundEvent = serde_json::from_str(d).ok()?;
@@ -635,7 +708,7 @@ mod tests {
         c.apply(b"CHANNEL_DELETE", r#"{"id":"10","guild_id":"1"}"#);
         let g = c.guild(1).unwrap();
         assert_eq!(g.channels.ids().collect::<Vec<_>>(), vec![11]);
-        assert_eq!(g.channels.get(11).unwrap(), r#"{"id":"11","name":"d"}"#);
+        assert_eq!(c.entity_json(1, |g| &g.channels, 11).unwrap(), r#"{"id":"11","name":"d"}"#);
         c.apply(b"GUILD_MEMBER_ADD", r#"{"guild_id":"1","user":{"id":"6"}}"#);
         assert_eq!(c.guild(1).unwrap().member_count, 4);
         c.apply(b"GUILD_DELETE", r#"{"id":"2","unavailable":true}"#);
@@ -661,6 +734,24 @@ mod tests {
         let mut c = ShardCache::new(flags);
         c.apply(b"GUILD_CREATE", r#"{"id":"1","members":[{"user":{"id":"5"},"nick":"a","roles":[]}]}"#);
         c.apply(b"GUILD_MEMBER_UPDATE", r#"{"guild_id":"1","user":{"id":"5"},"nick":"b","roles":["3"]}"#);
-        assert_eq!(c.guild(1).unwrap().members.get(5).unwrap(), r#"{"user":{"id":"5"},"nick":"b","roles":["3"]}"#);
+        assert_eq!(c.entity_json(1, |g| &g.members, 5).unwrap(), r#"{"user":{"id":"5"},"nick":"b","roles":["3"]}"#);
+    }
+
+    #[test]
+    fn saved_cache_restores_the_same_guilds() {
+        let flags = CacheConfig { members: true, ..CacheConfig::default() };
+        let mut c = ShardCache::new(flags);
+        c.apply(b"READY", &ready(&[1, 2, 3]));
+        c.apply(b"GUILD_CREATE", r#"{"id":"1","name":"a","member_count":2,"channels":[{"id":"10","name":"c","nsfw":false}],"roles":[{"id":"1","permissions":"8"}],"members":[{"user":{"id":"99","avatar":"0123456789abcdef0123456789abcdef"},"joined_at":"2020-01-01T00:00:00.000000+00:00"}]}"#);
+        c.apply(b"GUILD_DELETE", r#"{"id":"3","unavailable":true}"#);
+        let text = serde_json::to_string(&c).unwrap();
+        let back: ShardCache = serde_json::from_str(&text).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert!(c.write_create(1, &mut a) && back.write_create(1, &mut b));
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        assert_eq!(back.user(), c.user());
+        let mut missing: Vec<_> = back.missing().collect();
+        missing.sort_by_key(|m| m.0);
+        assert_eq!(missing, vec![(2, GuildStatus::Pending), (3, GuildStatus::Unavailable)]);
     }
 }

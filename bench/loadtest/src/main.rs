@@ -32,6 +32,7 @@ usage: cargo run --release -p loadtest -- [options]
   --burst N          events per unthrottled burst, over all shards (default 200000)
   --latency-events N events per latency run at 1000/s (default 10000)
   --no-cache-rows    skip the issue-3 rows (2,000 guilds x 200 members)
+  --cache-only       only the issue-3 rows
   --cache-guilds N   guilds of the issue-3 rows (default 2000)
   --proxy PATH       proxy binary to test (default target/release/gateway-proxy)
   --no-build         do not run `cargo build --release -p gateway-proxy` first
@@ -56,6 +57,7 @@ struct Args {
     burst: u64,
     latency_events: u64,
     cache_rows: bool,
+    cache_only: bool,
     cache_guilds: u32,
     cache_members: u32,
     proxy: Option<PathBuf>,
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         burst: 200_000,
         latency_events: 10_000,
         cache_rows: true,
+        cache_only: false,
         cache_guilds: 2_000,
         cache_members: 200,
         proxy: None,
@@ -86,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
             "--burst" => burst = Some(num("--burst")?.clamp(SHARDS.into(), 10_000_000)),
             "--latency-events" => lat = Some(num("--latency-events")?.clamp(SHARDS.into(), 1_000_000)),
             "--no-cache-rows" => a.cache_rows = false,
+            "--cache-only" => a.cache_only = true,
             "--cache-guilds" => guilds = Some(num("--cache-guilds")?.clamp(1, 20_000) as u32),
             "--no-build" => a.build = false,
             "--proxy" => {
@@ -587,17 +591,28 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
     let start_fake = || async {
         FakeDiscord::start(fake_config(40, 25)).await.map_err(|e| format!("starting the fake Discord: {e}"))
     };
-    let direct_fake = start_fake().await?;
-    let direct = Target {
-        name: "direct".into(),
-        endpoint: Endpoint { url: direct_fake.gateway_url(), token: direct_fake.token().to_owned(), shards: SHARDS },
-        fake: direct_fake,
-        proxy: None,
-    };
-    let mut targets = vec![direct];
+    let mut targets = Vec::new();
+    if !args.cache_only {
+        let direct_fake = start_fake().await?;
+        targets.push(Target {
+            name: "direct".into(),
+            endpoint: Endpoint {
+                url: direct_fake.gateway_url(),
+                token: direct_fake.token().to_owned(),
+                shards: SHARDS,
+            },
+            fake: direct_fake,
+            proxy: None,
+        });
+    }
     // Rate, CPU and latency: a client queue large enough for a whole burst,
     // so no consumer is closed for falling behind. The loss check: defaults.
-    for (cores, backpressure) in [(2usize, Some(RAISED_BACKPRESSURE)), (1, Some(RAISED_BACKPRESSURE)), (2, None)] {
+    let relay_proxies: &[(usize, Option<usize>)] = if args.cache_only {
+        &[]
+    } else {
+        &[(2, Some(RAISED_BACKPRESSURE)), (1, Some(RAISED_BACKPRESSURE)), (2, None)]
+    };
+    for &(cores, backpressure) in relay_proxies {
         let settings = ProxySettings { cores, shards: SHARDS, members: false, replay_buffer: None, backpressure };
         let mut name = format!("proxy, {cores} core{}", if cores == 1 { "" } else { "s" });
         if backpressure.is_none() {
@@ -609,17 +624,21 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
     let idle_rss: Vec<(String, u64)> =
         targets.iter().filter_map(|t| t.proxy.as_ref().map(|p| (t.name.clone(), p.rss_kib()))).collect();
 
-    let scenarios = [
-        Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Messages },
-        Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Mixed },
-        Scenario::Burst { clients: 4, compress: Compress::Plain, mix: FirehoseMix::Messages },
-        Scenario::Burst { clients: 16, compress: Compress::Plain, mix: FirehoseMix::Messages },
-        Scenario::Burst { clients: 1, compress: Compress::Zlib, mix: FirehoseMix::Messages },
-        Scenario::Burst { clients: 1, compress: Compress::Zstd, mix: FirehoseMix::Messages },
-        Scenario::Latency,
-    ];
+    let scenarios: &[Scenario] = if args.cache_only {
+        &[]
+    } else {
+        &[
+            Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Messages },
+            Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Mixed },
+            Scenario::Burst { clients: 4, compress: Compress::Plain, mix: FirehoseMix::Messages },
+            Scenario::Burst { clients: 16, compress: Compress::Plain, mix: FirehoseMix::Messages },
+            Scenario::Burst { clients: 1, compress: Compress::Zlib, mix: FirehoseMix::Messages },
+            Scenario::Burst { clients: 1, compress: Compress::Zstd, mix: FirehoseMix::Messages },
+            Scenario::Latency,
+        ]
+    };
     let mut series: Vec<Series> = Vec::new();
-    for s in scenarios {
+    for &s in scenarios {
         for t in &targets {
             if !s.applies_to(t) {
                 continue;

@@ -1,0 +1,1047 @@
+//! A compact binary form of the JSON the cache keeps, and its way back to
+//! JSON text.
+//!
+//! Discord's objects repeat the same keys, nulls and booleans in every
+//! member, channel and role, and spell snowflakes, image hashes and
+//! timestamps as long strings. Here an object is stored as a *shape* id (its
+//! keys and constant values, interned once per shard in [`Shapes`]) plus only
+//! its variable values, and those strings as 8 or 16 bytes. A member with its
+//! user object shrinks from about 480 bytes of JSON to about 80.
+//!
+//! Decoding writes JSON text equal in meaning to what was encoded: keys in
+//! the same order, strings byte for byte (escapes kept as sent), numbers as
+//! written. Values are only re-spelt when the re-spelling is verified to be
+//! identical at encode time (snowflakes, hashes, timestamps).
+
+use std::{collections::HashMap, sync::Arc};
+
+/// `null` as a variable value (in arrays and inline objects).
+const T_NULL: u8 = 0;
+const T_FALSE: u8 = 1;
+const T_TRUE: u8 = 2;
+/// Non-negative integer, written canonically: LEB128.
+const T_UINT: u8 = 3;
+/// Any other number: its text, length-prefixed.
+const T_NUM: u8 = 4;
+/// A string: its raw (still escaped) content, length-prefixed.
+const T_STR: u8 = 5;
+/// A string of decimal digits that round-trips through u64 (snowflakes, permissions): 8 bytes.
+const T_SNOW: u8 = 6;
+/// A 32-digit lowercase hex string (image hashes): 16 bytes.
+const T_HEX: u8 = 7;
+/// `a_` and a 32-digit lowercase hex string (animated image hashes): 16 bytes.
+const T_AHEX: u8 = 8;
+/// `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`: microseconds since the epoch, 8 bytes.
+const T_TIME6: u8 = 9;
+/// `YYYY-MM-DDTHH:MM:SS+00:00`: seconds since the epoch, 8 bytes.
+const T_TIME0: u8 = 10;
+/// An array: its elements, then [`T_END`].
+const T_ARR: u8 = 11;
+/// An object of an interned shape: u16 shape id, then the values of its slots.
+const T_OBJ: u8 = 12;
+/// An object with its keys inline (when the shape table is full): pairs, then [`T_END`].
+const T_IOBJ: u8 = 13;
+/// End of an array or inline object.
+const T_END: u8 = 15;
+
+/// Marks a variable value's place in a shape's signature (never in UTF-8 text).
+const SLOT: u8 = 0xff;
+/// More shapes than this and objects are stored with inline keys.
+const MAX_SHAPES: usize = u16::MAX as usize;
+/// Deeper JSON than this is not cached (Discord's objects are a few levels deep).
+const MAX_DEPTH: usize = 64;
+
+/// Object layouts of one shard's cache: keys in order with the constant
+/// values (`null`, `true`, `false`, `0`, `""`, `[]`, `{}`) inlined, so an
+/// encoded object carries only what varies.
+#[derive(Debug, Default)]
+pub struct Shapes {
+    list: Vec<Arc<Shape>>,
+    index: HashMap<Box<[u8]>, u16>,
+}
+
+/// A key of a shape and its constant value, `None` for a slot.
+type Field = (Box<[u8]>, Option<Box<[u8]>>);
+
+#[derive(Debug)]
+struct Shape {
+    /// The object's JSON with every variable value cut out.
+    text: Box<[u8]>,
+    /// Literal `i` is `text[cuts[i]..cuts[i + 1]]`; slot `i` follows literal `i`.
+    cuts: Box<[u32]>,
+    /// Keys (raw, as between quotes), and for each the constant value or `None` for a slot.
+    fields: Box<[Field]>,
+}
+
+impl Shapes {
+    /// Number of interned shapes.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether none is interned yet.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.list
+            .iter()
+            .map(|s| {
+                2 * s.text.len()
+                    + s.cuts.len() * 4
+                    + s.fields.iter().map(|(k, c)| 48 + k.len() + c.as_ref().map_or(0, |c| c.len())).sum::<usize>()
+                    + 64
+            })
+            .sum()
+    }
+
+    fn intern(&mut self, sig: &[u8]) -> Option<u16> {
+        if let Some(&id) = self.index.get(sig) {
+            return Some(id);
+        }
+        if self.list.len() >= MAX_SHAPES {
+            return None;
+        }
+        let shape = Shape::from_signature(sig)?;
+        let id = self.list.len() as u16;
+        self.list.push(Arc::new(shape));
+        self.index.insert(sig.into(), id);
+        Some(id)
+    }
+}
+
+impl Shape {
+    /// Builds a shape from `{"k":<SLOT or constant>,...}`.
+    fn from_signature(sig: &[u8]) -> Option<Shape> {
+        let mut text = Vec::with_capacity(sig.len());
+        let mut cuts = vec![0u32];
+        let mut fields = Vec::new();
+        let mut i = 1; // past `{`
+        while i < sig.len() - 1 {
+            if sig[i] == b',' {
+                i += 1;
+            }
+            // `"key":`
+            let key_end = i + 1 + sig[i + 1..].iter().position(|&b| b == b'"')?;
+            let key: Box<[u8]> = sig[i + 1..key_end].into();
+            i = key_end + 2;
+            if sig[i] == SLOT {
+                fields.push((key, None));
+                i += 1;
+            } else {
+                let end = i + const_len(&sig[i..])?;
+                fields.push((key, Some(sig[i..end].into())));
+                i = end;
+            }
+        }
+        for &b in sig {
+            if b == SLOT {
+                cuts.push(text.len() as u32);
+            } else {
+                text.push(b);
+            }
+        }
+        cuts.push(text.len() as u32);
+        Some(Shape { text: text.into(), cuts: cuts.into(), fields: fields.into() })
+    }
+
+    fn literal(&self, i: usize) -> &[u8] {
+        &self.text[self.cuts[i] as usize..self.cuts[i + 1] as usize]
+    }
+
+    fn slots(&self) -> usize {
+        self.cuts.len() - 2
+    }
+}
+
+/// The constant values a shape can hold inline.
+const CONSTANTS: [&[u8]; 7] = [b"null", b"true", b"false", b"0", b"\"\"", b"[]", b"{}"];
+
+fn const_len(s: &[u8]) -> Option<usize> {
+    CONSTANTS.iter().find(|c| s.starts_with(c)).map(|c| c.len())
+}
+
+// ---------------------------------------------------------------- scanning JSON
+
+fn skip_ws(j: &[u8], mut p: usize) -> usize {
+    while p < j.len() && matches!(j[p], b' ' | b'\t' | b'\n' | b'\r') {
+        p += 1;
+    }
+    p
+}
+
+/// End of the string starting at `p` (at its opening quote): the index after the closing quote.
+fn string_end(j: &[u8], p: usize) -> Option<usize> {
+    let mut i = p + 1;
+    while i < j.len() {
+        match j[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn number_end(j: &[u8], p: usize) -> Option<usize> {
+    let mut i = p;
+    if j.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let s = *i;
+        while *i < j.len() && j[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > s
+    };
+    if j.get(i) == Some(&b'0') {
+        i += 1;
+        if j.get(i).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+    } else if !digits(&mut i) {
+        return None;
+    }
+    if j.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return None;
+        }
+    }
+    if matches!(j.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(j.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return None;
+        }
+    }
+    Some(i)
+}
+
+/// End of the JSON value starting at `p` (no leading whitespace).
+pub fn value_end(j: &[u8], p: usize, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    match *j.get(p)? {
+        b'"' => string_end(j, p),
+        b'{' | b'[' => {
+            let close = if j[p] == b'{' { b'}' } else { b']' };
+            let mut i = skip_ws(j, p + 1);
+            if j.get(i) == Some(&close) {
+                return Some(i + 1);
+            }
+            loop {
+                if close == b'}' {
+                    if j.get(i) != Some(&b'"') {
+                        return None;
+                    }
+                    i = skip_ws(j, string_end(j, i)?);
+                    if j.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i = skip_ws(j, i + 1);
+                }
+                i = skip_ws(j, value_end(j, i, depth + 1)?);
+                match j.get(i) {
+                    Some(b',') => i = skip_ws(j, i + 1),
+                    Some(&c) if c == close => return Some(i + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b't' => j[p..].starts_with(b"true").then_some(p + 4),
+        b'f' => j[p..].starts_with(b"false").then_some(p + 5),
+        b'n' => j[p..].starts_with(b"null").then_some(p + 4),
+        _ => number_end(j, p),
+    }
+}
+
+/// The members of the JSON object `j`: raw keys and raw value text, in order.
+pub fn object_members(j: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let mut out = Vec::with_capacity(16);
+    let mut i = skip_ws(j, 0);
+    if j.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(j, i + 1);
+    if j.get(i) == Some(&b'}') {
+        return (skip_ws(j, i + 1) == j.len()).then_some(out);
+    }
+    loop {
+        if j.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(j, i)?;
+        let key = &j[i + 1..key_end - 1];
+        i = skip_ws(j, key_end);
+        if j.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(j, i + 1);
+        let end = value_end(j, i, 1)?;
+        out.push((key, &j[i..end]));
+        i = skip_ws(j, end);
+        match j.get(i) {
+            Some(b',') => i = skip_ws(j, i + 1),
+            Some(b'}') => return (skip_ws(j, i + 1) == j.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// The elements of the JSON array `j`, as raw text.
+pub fn array_elements(j: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut i = skip_ws(j, 0);
+    if j.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(j, i + 1);
+    if j.get(i) == Some(&b']') {
+        return Some(out);
+    }
+    loop {
+        let end = value_end(j, i, 1)?;
+        out.push(&j[i..end]);
+        i = skip_ws(j, end);
+        match j.get(i) {
+            Some(b',') => i = skip_ws(j, i + 1),
+            Some(b']') => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(e: &[u8], p: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = e[*p];
+        *p += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// `s` as u64 if it is its canonical decimal spelling.
+fn canonical_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || (s[0] == b'0' && s.len() > 1) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(v)
+}
+
+fn hex16(s: &[u8]) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nib(s[2 * i])? << 4) | nib(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn digits<const N: usize>(s: &[u8]) -> Option<u32> {
+    let mut v = 0u32;
+    for &c in s.get(..N)? {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Parses Discord's ISO 8601 timestamps: `(tag, value)`.
+fn parse_time(s: &[u8]) -> Option<(u8, i64)> {
+    let (tag, frac) = match s.len() {
+        32 if s[19] == b'.' && &s[26..] == b"+00:00" => (T_TIME6, digits::<6>(&s[20..])?),
+        25 if &s[19..] == b"+00:00" => (T_TIME0, 0),
+        _ => return None,
+    };
+    if s[4] != b'-' || s[7] != b'-' || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (digits::<4>(s)?, digits::<2>(&s[5..])?, digits::<2>(&s[8..])?);
+    let (h, mi, se) = (digits::<2>(&s[11..])?, digits::<2>(&s[14..])?, digits::<2>(&s[17..])?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    let secs = days_from_civil(i64::from(y), mo, d) * 86_400 + i64::from(h * 3600 + mi * 60 + se);
+    let v = if tag == T_TIME6 { secs * 1_000_000 + i64::from(frac) } else { secs };
+    // Only what spells back identically (no 31 February).
+    let mut back = Vec::with_capacity(32);
+    write_time(tag, v, &mut back);
+    (back == s).then_some((tag, v))
+}
+
+fn write_time(tag: u8, v: i64, out: &mut Vec<u8>) {
+    let (secs, micros) = if tag == T_TIME6 { (v.div_euclid(1_000_000), v.rem_euclid(1_000_000)) } else { (v, 0) };
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    let mut buf = [0u8; 32];
+    fn put(buf: &mut [u8; 32], at: usize, width: usize, mut n: i64) {
+        for k in (0..width).rev() {
+            buf[at + k] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    put(&mut buf, 0, 4, y);
+    put(&mut buf, 5, 2, i64::from(m));
+    put(&mut buf, 8, 2, i64::from(d));
+    put(&mut buf, 11, 2, s / 3600);
+    put(&mut buf, 14, 2, s / 60 % 60);
+    put(&mut buf, 17, 2, s % 60);
+    buf[4] = b'-';
+    buf[7] = b'-';
+    buf[10] = b'T';
+    buf[13] = b':';
+    buf[16] = b':';
+    let end = if tag == T_TIME6 {
+        buf[19] = b'.';
+        put(&mut buf, 20, 6, micros);
+        26
+    } else {
+        19
+    };
+    buf[end..end + 6].copy_from_slice(b"+00:00");
+    out.extend_from_slice(&buf[..end + 6]);
+}
+
+/// Turns JSON into the compact form, interning shapes as it goes.
+pub struct Encoder<'a> {
+    shapes: &'a mut Shapes,
+    /// One signature buffer per nesting depth, reused.
+    sigs: Vec<Vec<u8>>,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder that interns into `shapes`.
+    pub fn new(shapes: &'a mut Shapes) -> Self {
+        Self { shapes, sigs: Vec::new() }
+    }
+
+    /// Appends the compact form of the JSON value `j` to `out`; `None` (and
+    /// `out` unchanged) if `j` is not valid JSON.
+    pub fn encode(&mut self, j: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let start = out.len();
+        let p = skip_ws(j, 0);
+        let end = self.value(j, p, out, 0);
+        match end {
+            Some(e) if skip_ws(j, e) == j.len() => Some(()),
+            _ => {
+                out.truncate(start);
+                None
+            }
+        }
+    }
+
+    /// Encodes the object `members` (raw key, raw value) as one object.
+    pub fn encode_members(&mut self, members: &[(&[u8], &[u8])], out: &mut Vec<u8>) -> Option<()> {
+        let start = out.len();
+        let ok = self.object_from(members.iter().map(|&(k, v)| (k, Value::Json(v))), out, 0);
+        if ok.is_none() {
+            out.truncate(start);
+        }
+        ok
+    }
+
+    /// Encodes an object whose values are JSON text or already encoded.
+    fn object_from<'v>(
+        &mut self,
+        members: impl Iterator<Item = (&'v [u8], Value<'v>)> + Clone,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let start = out.len();
+        // A key with a quote or escape would not survive the signature's own parsing.
+        if members.clone().any(|(k, _)| k.iter().any(|&b| b == b'"' || b == b'\\')) {
+            return self.inline_object(members, out, depth);
+        }
+        if self.sigs.len() <= depth {
+            self.sigs.resize_with(depth + 1, Vec::new);
+        }
+        let mut sig = std::mem::take(&mut self.sigs[depth]);
+        sig.clear();
+        sig.push(b'{');
+        out.push(T_OBJ);
+        out.extend_from_slice(&[0, 0]);
+        let mut ok = true;
+        for (i, (key, value)) in members.clone().enumerate() {
+            if i > 0 {
+                sig.push(b',');
+            }
+            sig.push(b'"');
+            sig.extend_from_slice(key);
+            sig.extend_from_slice(b"\":");
+            match value {
+                Value::Json(v) if CONSTANTS.contains(&v) => sig.extend_from_slice(v),
+                Value::Json(v) => {
+                    sig.push(SLOT);
+                    match self.value(v, 0, out, depth + 1) {
+                        Some(e) if e == v.len() => {}
+                        _ => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                Value::Const(c) => sig.extend_from_slice(c),
+                Value::Encoded(e) => {
+                    sig.push(SLOT);
+                    out.extend_from_slice(e);
+                }
+            }
+        }
+        sig.push(b'}');
+        let shape = if ok { self.shapes.intern(&sig) } else { None };
+        self.sigs[depth] = sig;
+        if !ok {
+            out.truncate(start);
+            return None;
+        }
+        if let Some(id) = shape {
+            out[start + 1..start + 3].copy_from_slice(&id.to_le_bytes());
+            return Some(());
+        }
+        // The shape table is full: keys inline.
+        out.truncate(start);
+        self.inline_object(members, out, depth)
+    }
+
+    fn inline_object<'v>(
+        &mut self,
+        members: impl Iterator<Item = (&'v [u8], Value<'v>)>,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<()> {
+        out.push(T_IOBJ);
+        for (key, value) in members {
+            put_varint(out, key.len() as u64);
+            out.extend_from_slice(key);
+            match value {
+                Value::Json(v) => {
+                    self.value(v, 0, out, depth + 1)?;
+                }
+                Value::Const(c) => {
+                    self.value(c, 0, out, depth + 1)?;
+                }
+                Value::Encoded(e) => out.extend_from_slice(e),
+            }
+        }
+        out.push(T_END);
+        Some(())
+    }
+
+    /// Encodes the value at `j[p..]` (no leading whitespace); returns where it ends.
+    fn value(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+        match *j.get(p)? {
+            b'"' => {
+                let end = string_end(j, p)?;
+                encode_string(&j[p + 1..end - 1], out);
+                Some(end)
+            }
+            b'{' => {
+                let end = value_end(j, p, depth)?;
+                let members = object_members(&j[p..end])?;
+                self.object_from(members.into_iter().map(|(k, v)| (k, Value::Json(v))), out, depth)?;
+                Some(end)
+            }
+            b'[' => {
+                out.push(T_ARR);
+                let mut i = skip_ws(j, p + 1);
+                if j.get(i) == Some(&b']') {
+                    out.push(T_END);
+                    return Some(i + 1);
+                }
+                loop {
+                    i = skip_ws(j, self.value(j, i, out, depth + 1)?);
+                    match j.get(i) {
+                        Some(b',') => i = skip_ws(j, i + 1),
+                        Some(b']') => {
+                            out.push(T_END);
+                            return Some(i + 1);
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => j[p..].starts_with(b"true").then(|| out.push(T_TRUE)).map(|_| p + 4),
+            b'f' => j[p..].starts_with(b"false").then(|| out.push(T_FALSE)).map(|_| p + 5),
+            b'n' => j[p..].starts_with(b"null").then(|| out.push(T_NULL)).map(|_| p + 4),
+            _ => {
+                let end = number_end(j, p)?;
+                let text = &j[p..end];
+                match canonical_u64(text) {
+                    Some(v) => {
+                        out.push(T_UINT);
+                        put_varint(out, v);
+                    }
+                    None => {
+                        out.push(T_NUM);
+                        put_varint(out, text.len() as u64);
+                        out.extend_from_slice(text);
+                    }
+                }
+                Some(end)
+            }
+        }
+    }
+}
+
+/// One value of an object being built: JSON text, a constant, or already encoded.
+#[derive(Clone, Copy)]
+enum Value<'v> {
+    Json(&'v [u8]),
+    Const(&'v [u8]),
+    Encoded(&'v [u8]),
+}
+
+fn encode_string(s: &[u8], out: &mut Vec<u8>) {
+    if let Some(v) = canonical_u64(s) {
+        out.push(T_SNOW);
+        out.extend_from_slice(&v.to_le_bytes());
+    } else if let Some(h) = hex16(s) {
+        out.push(T_HEX);
+        out.extend_from_slice(&h);
+    } else if let Some(h) = s.strip_prefix(b"a_").and_then(hex16) {
+        out.push(T_AHEX);
+        out.extend_from_slice(&h);
+    } else if let Some((tag, v)) = (s.len() >= 25).then(|| parse_time(s)).flatten() {
+        out.push(tag);
+        out.extend_from_slice(&v.to_le_bytes());
+    } else {
+        out.push(T_STR);
+        put_varint(out, s.len() as u64);
+        out.extend_from_slice(s);
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+fn read8(e: &[u8], p: usize) -> [u8; 8] {
+    e[p..p + 8].try_into().expect("8 bytes")
+}
+
+impl Shapes {
+    /// Appends the JSON text of the encoded value at `e[*p..]` and moves `p` past it.
+    pub fn decode(&self, e: &[u8], p: &mut usize, out: &mut Vec<u8>) {
+        let tag = e[*p];
+        *p += 1;
+        match tag {
+            T_NULL => out.extend_from_slice(b"null"),
+            T_FALSE => out.extend_from_slice(b"false"),
+            T_TRUE => out.extend_from_slice(b"true"),
+            T_UINT => {
+                let v = get_varint(e, p);
+                out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+            }
+            T_NUM | T_STR => {
+                let n = get_varint(e, p) as usize;
+                if tag == T_STR {
+                    out.push(b'"');
+                    out.extend_from_slice(&e[*p..*p + n]);
+                    out.push(b'"');
+                } else {
+                    out.extend_from_slice(&e[*p..*p + n]);
+                }
+                *p += n;
+            }
+            T_SNOW => {
+                let v = u64::from_le_bytes(read8(e, *p));
+                *p += 8;
+                out.push(b'"');
+                out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+                out.push(b'"');
+            }
+            T_HEX | T_AHEX => {
+                let mut buf = [0u8; 36];
+                buf[0] = b'"';
+                let mut at = 1;
+                if tag == T_AHEX {
+                    buf[1] = b'a';
+                    buf[2] = b'_';
+                    at = 3;
+                }
+                for (i, &b) in e[*p..*p + 16].iter().enumerate() {
+                    buf[at + 2 * i] = HEX[usize::from(b >> 4)];
+                    buf[at + 2 * i + 1] = HEX[usize::from(b & 15)];
+                }
+                buf[at + 32] = b'"';
+                out.extend_from_slice(&buf[..at + 33]);
+                *p += 16;
+            }
+            T_TIME6 | T_TIME0 => {
+                let v = i64::from_le_bytes(read8(e, *p));
+                *p += 8;
+                out.push(b'"');
+                write_time(tag, v, out);
+                out.push(b'"');
+            }
+            T_ARR => {
+                out.push(b'[');
+                let mut first = true;
+                while e[*p] != T_END {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    self.decode(e, p, out);
+                }
+                *p += 1;
+                out.push(b']');
+            }
+            T_OBJ => {
+                let shape = &self.list[usize::from(u16::from_le_bytes([e[*p], e[*p + 1]]))];
+                *p += 2;
+                for i in 0..shape.slots() {
+                    out.extend_from_slice(shape.literal(i));
+                    self.decode(e, p, out);
+                }
+                out.extend_from_slice(shape.literal(shape.slots()));
+            }
+            T_IOBJ => {
+                out.push(b'{');
+                let mut first = true;
+                while e[*p] != T_END {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    let n = get_varint(e, p) as usize;
+                    out.push(b'"');
+                    out.extend_from_slice(&e[*p..*p + n]);
+                    out.extend_from_slice(b"\":");
+                    *p += n;
+                    self.decode(e, p, out);
+                }
+                *p += 1;
+                out.push(b'}');
+            }
+            other => unreachable!("compact tag {other}"),
+        }
+    }
+
+    /// The JSON text of a whole encoded value.
+    pub fn to_json(&self, e: &[u8]) -> String {
+        let mut out = Vec::with_capacity(e.len() * 4);
+        self.decode(e, &mut 0, &mut out);
+        String::from_utf8(out).expect("encoded from UTF-8 JSON")
+    }
+
+    /// Moves `p` past the encoded value at `e[*p..]`.
+    pub fn skip(&self, e: &[u8], p: &mut usize) {
+        let tag = e[*p];
+        *p += 1;
+        match tag {
+            T_NULL | T_FALSE | T_TRUE => {}
+            T_UINT => {
+                get_varint(e, p);
+            }
+            T_NUM | T_STR => *p += get_varint(e, p) as usize,
+            T_SNOW | T_TIME6 | T_TIME0 => *p += 8,
+            T_HEX | T_AHEX => *p += 16,
+            T_ARR => {
+                while e[*p] != T_END {
+                    self.skip(e, p);
+                }
+                *p += 1;
+            }
+            T_OBJ => {
+                let shape = &self.list[usize::from(u16::from_le_bytes([e[*p], e[*p + 1]]))];
+                *p += 2;
+                for _ in 0..shape.slots() {
+                    self.skip(e, p);
+                }
+            }
+            T_IOBJ => {
+                while e[*p] != T_END {
+                    *p += get_varint(e, p) as usize;
+                    self.skip(e, p);
+                }
+                *p += 1;
+            }
+            other => unreachable!("compact tag {other}"),
+        }
+    }
+
+    /// The shape of an encoded object (`None` for inline keys or not an object).
+    fn shape_of(&self, e: &[u8]) -> Option<Arc<Shape>> {
+        (e.first() == Some(&T_OBJ)).then(|| self.list[usize::from(u16::from_le_bytes([e[1], e[2]]))].clone())
+    }
+
+    /// The members of the encoded object `e` (whose shape, if any, is
+    /// `shape`): raw key, and its constant JSON or encoded value.
+    fn members<'e>(&self, shape: Option<&'e Shape>, e: &'e [u8], out: &mut Vec<(&'e [u8], Value<'e>)>) -> Option<()> {
+        match (e.first()?, shape) {
+            (&T_OBJ, Some(shape)) => {
+                let mut p = 3;
+                for (key, constant) in shape.fields.iter() {
+                    match constant {
+                        Some(c) => out.push((key, Value::Const(c))),
+                        None => {
+                            let s = p;
+                            self.skip(e, &mut p);
+                            out.push((key, Value::Encoded(&e[s..p])));
+                        }
+                    }
+                }
+            }
+            (&T_IOBJ, _) => {
+                let mut p = 1;
+                while e[p] != T_END {
+                    let n = get_varint(e, &mut p) as usize;
+                    let key = &e[p..p + n];
+                    p += n;
+                    let s = p;
+                    self.skip(e, &mut p);
+                    out.push((key, Value::Encoded(&e[s..p])));
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// The encoded value of `key` in the encoded object `e` (`None` if
+    /// absent or constant).
+    fn field<'e>(&self, e: &'e [u8], key: &[u8]) -> Option<&'e [u8]> {
+        let mut p = 1;
+        match *e.first()? {
+            T_OBJ => {
+                let shape = &self.list[usize::from(u16::from_le_bytes([e[1], e[2]]))];
+                p += 2;
+                for (k, constant) in shape.fields.iter() {
+                    if constant.is_some() {
+                        if **k == *key {
+                            return None;
+                        }
+                        continue;
+                    }
+                    let s = p;
+                    self.skip(e, &mut p);
+                    if **k == *key {
+                        return Some(&e[s..p]);
+                    }
+                }
+                None
+            }
+            T_IOBJ => {
+                while e[p] != T_END {
+                    let n = get_varint(e, &mut p) as usize;
+                    let k = &e[p..p + n];
+                    p += n;
+                    let s = p;
+                    self.skip(e, &mut p);
+                    if k == key {
+                        return Some(&e[s..p]);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The snowflake at `path` (keys into nested objects) of an encoded
+    /// object, whether Discord spelt it as a string or a number.
+    pub fn snowflake_at(&self, e: &[u8], path: &[&[u8]]) -> Option<u64> {
+        let mut v = e;
+        for key in path {
+            v = self.field(v, key)?;
+        }
+        match v[0] {
+            T_SNOW => Some(u64::from_le_bytes(read8(v, 1))),
+            T_UINT => Some(get_varint(v, &mut 1)),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds the encoded object `old` with `update`'s members (JSON text)
+    /// replacing or following its own, without the keys in `drop`; `None`
+    /// values in `update` remove the key.
+    pub fn merge(&mut self, old: &[u8], update: &[(&[u8], Option<&[u8]>)], drop: &[&[u8]]) -> Option<Vec<u8>> {
+        // The old shape is held by its own reference so the encoder can intern new ones.
+        let shape = self.shape_of(old);
+        let mut olds = Vec::with_capacity(24);
+        self.members(shape.as_deref(), old, &mut olds)?;
+        let mut members: Vec<(&[u8], Value)> = Vec::with_capacity(olds.len() + update.len());
+        for &(k, v) in &olds {
+            if drop.contains(&k) {
+                continue;
+            }
+            match update.iter().find(|(uk, _)| *uk == k) {
+                Some((_, Some(json))) => members.push((k, Value::Json(json))),
+                Some((_, None)) => {}
+                None => members.push((k, v)),
+            }
+        }
+        for &(k, v) in update {
+            if let Some(json) = v {
+                if !drop.contains(&k) && !olds.iter().any(|(ok, _)| *ok == k) {
+                    members.push((k, Value::Json(json)));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(old.len() + 64);
+        Encoder::new(self).object_from(members.iter().copied(), &mut out, 0)?;
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(json: &str) -> (String, usize) {
+        let mut shapes = Shapes::default();
+        let mut out = Vec::new();
+        Encoder::new(&mut shapes).encode(json.as_bytes(), &mut out).expect("valid JSON");
+        let mut p = 0;
+        let mut text = Vec::new();
+        shapes.decode(&out, &mut p, &mut text);
+        assert_eq!(p, out.len());
+        (String::from_utf8(text).unwrap(), out.len())
+    }
+
+    #[test]
+    fn values_round_trip_exactly() {
+        for json in [
+            r#"{"id":"1234567890123456789","name":"a \"q\" \u00e9 é","n":null,"t":true,"f":false,"z":0,"e":"","a":[],"o":{}}"#,
+            r#"{"x":[1,-2,3.5,1e10,0.0,18446744073709551615,18446744073709551616,"007","0",null,true,false,[[]],{"k":"v"}]}"#,
+            r#"{"avatar":"0123456789abcdef0123456789abcdef","banner":"a_0123456789abcdef0123456789abcdef","upper":"0123456789ABCDEF0123456789ABCDEF"}"#,
+            r#"{"joined_at":"2021-03-04T05:06:07.123456+00:00","p":"2021-03-04T05:06:07+00:00","bad":"2021-02-31T05:06:07+00:00","z":"2021-03-04T05:06:07.123Z"}"#,
+            r#"{"old":"1969-12-31T23:59:59.999999+00:00","leap":"2024-02-29T00:00:00+00:00","far":"9999-12-31T23:59:59.999999+00:00"}"#,
+            r#"[1,2,{"a":1},{"a":2},{"a":null}]"#,
+            r#""just a string""#,
+            "12",
+        ] {
+            let (back, _) = round_trip(json);
+            assert_eq!(back, json);
+        }
+    }
+
+    #[test]
+    fn whitespace_is_dropped_and_meaning_kept() {
+        let (back, _) = round_trip(" { \"a\" : [ 1 , { } , [ ] ] , \"b\" : { \"c\" : null } } ");
+        assert_eq!(back, r#"{"a":[1,{},[]],"b":{"c":null}}"#);
+    }
+
+    #[test]
+    fn invalid_json_is_refused() {
+        let mut shapes = Shapes::default();
+        for bad in ["{", "{\"a\":}", "[1,]", "{\"a\" 1}", "tru", "\"\u{1}\"", "{}x", "01", "-"] {
+            let mut out = vec![9];
+            assert!(Encoder::new(&mut shapes).encode(bad.as_bytes(), &mut out).is_none(), "{bad}");
+            assert_eq!(out, [9]);
+        }
+    }
+
+    #[test]
+    fn a_member_shrinks_and_shares_its_shape() {
+        let member = |id: u64, name: &str| {
+            format!(
+                r#"{{"user":{{"id":"{id}","username":"{name}","global_name":null,"discriminator":"0","avatar":"5b2a8c5e3f5c4b8e9d1a7f6e2c3b4a59","avatar_decoration_data":null,"public_flags":0,"primary_guild":null,"collectibles":null,"clan":null}},"nick":null,"avatar":null,"banner":null,"roles":["1180000000000000001"],"joined_at":"2023-01-01T00:00:00.000000+00:00","premium_since":null,"deaf":false,"mute":false,"flags":0,"pending":false,"communication_disabled_until":null,"unusual_dm_activity_until":null}}"#
+            )
+        };
+        let mut shapes = Shapes::default();
+        let mut sizes = Vec::new();
+        for (id, name) in [(1180000000000000005u64, "alice_1"), (1180000000000000006, "bob_2")] {
+            let json = member(id, name);
+            let mut out = Vec::new();
+            Encoder::new(&mut shapes).encode(json.as_bytes(), &mut out).unwrap();
+            assert_eq!(shapes.to_json(&out), json);
+            assert_eq!(shapes.snowflake_at(&out, &[b"user", b"id"]), Some(id));
+            sizes.push((json.len(), out.len()));
+        }
+        assert_eq!(shapes.len(), 2, "member and user shapes, shared by both");
+        assert!(sizes[0].1 * 5 < sizes[0].0, "{sizes:?}");
+    }
+
+    #[test]
+    fn merge_replaces_adds_removes_and_drops() {
+        let mut shapes = Shapes::default();
+        let mut old = Vec::new();
+        Encoder::new(&mut shapes).encode(br#"{"a":1,"b":null,"c":"x","d":[1]}"#, &mut old).unwrap();
+        let merged = shapes
+            .merge(&old, &[(b"b", Some(b"\"y\"")), (b"e", Some(b"true")), (b"c", None), (b"g", Some(b"2"))], &[b"g"])
+            .unwrap();
+        assert_eq!(shapes.to_json(&merged), r#"{"a":1,"b":"y","d":[1],"e":true}"#);
+    }
+
+    #[test]
+    fn full_shape_table_falls_back_to_inline_keys() {
+        let mut shapes = Shapes::default();
+        for i in 0..MAX_SHAPES {
+            let mut out = Vec::new();
+            Encoder::new(&mut shapes).encode(format!("{{\"k{i}\":1}}").as_bytes(), &mut out).unwrap();
+        }
+        let json = r#"{"new":{"inner":"1234"},"n":null}"#;
+        let mut out = Vec::new();
+        Encoder::new(&mut shapes).encode(json.as_bytes(), &mut out).unwrap();
+        assert_eq!(out[0], T_IOBJ);
+        assert_eq!(shapes.to_json(&out), json);
+        assert_eq!(shapes.snowflake_at(&out, &[b"new", b"inner"]), Some(1234));
+    }
+}
