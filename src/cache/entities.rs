@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
 };
 
 /// Hasher for snowflakes: they are already well spread in their low bits
@@ -47,22 +48,56 @@ pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 #[derive(Debug, Default, Clone)]
 pub struct Entities {
     index: IdMap<u32>,
-    data: Vec<u8>,
+    /// Shared with snapshots being sent (copied on write).
+    data: Arc<Vec<u8>>,
     dead: usize,
 }
 
 const DEAD: u32 = 1 << 31;
 const HEADER: usize = 4;
 
+fn header_at(data: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(data[at..at + HEADER].try_into().expect("4 bytes"))
+}
+
+/// Appends `[e1,e2,...]` (JSON) for the records in `data`, in the order they arrived.
+pub fn write_records(data: &[u8], shapes: &Shapes, out: &mut Vec<u8>) {
+    out.push(b'[');
+    let mut first = true;
+    let mut at = 0;
+    while at < data.len() {
+        let h = header_at(data, at);
+        let end = at + HEADER + (h & !DEAD) as usize;
+        if h & DEAD == 0 {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            shapes.decode(&data[..end], &mut (at + HEADER), out);
+        }
+        at = end;
+    }
+    out.push(b']');
+}
+
 impl Entities {
     fn header(&self, at: usize) -> u32 {
-        u32::from_le_bytes(self.data[at..at + HEADER].try_into().expect("4 bytes"))
+        header_at(&self.data, at)
+    }
+
+    /// The records, for writing while the collection changes (see [`write_records`]).
+    pub fn records(&self) -> Arc<Vec<u8>> {
+        self.data.clone()
+    }
+
+    fn buf(&mut self) -> &mut Vec<u8> {
+        Arc::make_mut(&mut self.data)
     }
 
     fn kill(&mut self, at: u32) {
         let at = at as usize;
         let h = self.header(at);
-        self.data[at..at + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
+        self.buf()[at..at + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
         self.dead += HEADER + (h & !DEAD) as usize;
     }
 
@@ -70,7 +105,8 @@ impl Entities {
     /// loaded whole (then trimmed) and change a little at a time.
     fn reserve(&mut self, extra: usize) {
         if self.data.capacity() - self.data.len() < extra {
-            self.data.reserve_exact(extra.max(self.data.len() / 8).max(256));
+            let grow = extra.max(self.data.len() / 8).max(256);
+            self.buf().reserve_exact(grow);
         }
     }
 
@@ -78,13 +114,13 @@ impl Entities {
     fn begin(&mut self, size_hint: usize) -> usize {
         self.reserve(HEADER + size_hint);
         let at = self.data.len();
-        self.data.extend_from_slice(&[0; HEADER]);
+        self.buf().extend_from_slice(&[0; HEADER]);
         at
     }
 
     fn finish(&mut self, id: u64, at: usize) {
         let len = (self.data.len() - at - HEADER) as u32;
-        self.data[at..at + HEADER].copy_from_slice(&len.to_le_bytes());
+        self.buf()[at..at + HEADER].copy_from_slice(&len.to_le_bytes());
         if let Some(old) = self.index.insert(id, at as u32) {
             self.kill(old);
         }
@@ -104,7 +140,7 @@ impl Entities {
             self.index.insert(id, data.len() as u32);
             data.extend_from_slice(&self.data[at..at + len]);
         }
-        self.data = data;
+        self.data = Arc::new(data);
         self.dead = 0;
         if self.index.capacity() > 2 * self.index.len() + 16 {
             self.index.shrink_to_fit();
@@ -114,7 +150,7 @@ impl Entities {
     /// Inserts or replaces an entity given in compact form.
     pub fn insert_encoded(&mut self, id: u64, encoded: &[u8]) {
         let at = self.begin(encoded.len());
-        self.data.extend_from_slice(encoded);
+        self.buf().extend_from_slice(encoded);
         self.finish(id, at);
     }
 
@@ -122,8 +158,8 @@ impl Entities {
     /// changed) if it is not valid JSON.
     pub fn insert_json(&mut self, id: u64, json: &[u8], shapes: &mut Shapes) -> Option<()> {
         let at = self.begin(json.len() / 4);
-        if Encoder::new(shapes).encode(json, &mut self.data).is_none() {
-            self.data.truncate(at);
+        if Encoder::new(shapes).encode(json, Arc::make_mut(&mut self.data)).is_none() {
+            self.buf().truncate(at);
             return None;
         }
         self.finish(id, at);
@@ -140,8 +176,8 @@ impl Entities {
     ) -> Option<()> {
         let kept: Vec<(&[u8], &[u8])> = members.iter().copied().filter(|(k, _)| !drop.contains(k)).collect();
         let at = self.begin(kept.iter().map(|(_, v)| v.len()).sum::<usize>() / 4);
-        if Encoder::new(shapes).encode_members(&kept, &mut self.data).is_none() {
-            self.data.truncate(at);
+        if Encoder::new(shapes).encode_members(&kept, Arc::make_mut(&mut self.data)).is_none() {
+            self.buf().truncate(at);
             return None;
         }
         self.finish(id, at);
@@ -158,22 +194,21 @@ impl Entities {
     pub fn fill_where(&mut self, array: &[u8], key: &[&[u8]], shapes: &mut Shapes, keep: impl Fn(u64) -> bool) {
         self.clear();
         let Some(items) = compact::array_elements(array) else { return };
-        self.data.reserve(array.len() / 4);
+        self.buf().reserve(array.len() / 4);
         self.index.reserve(items.len());
         for item in items {
             let at = self.data.len();
-            self.data.extend_from_slice(&[0; HEADER]);
-            let mut enc = Encoder::new(shapes);
-            if enc.encode(item, &mut self.data).is_none() {
-                self.data.truncate(at);
+            self.buf().extend_from_slice(&[0; HEADER]);
+            if Encoder::new(shapes).encode(item, Arc::make_mut(&mut self.data)).is_none() {
+                self.buf().truncate(at);
                 continue;
             }
             match shapes.snowflake_at(&self.data[at + HEADER..], key) {
                 Some(id) if keep(id) => self.finish(id, at),
-                _ => self.data.truncate(at),
+                _ => self.buf().truncate(at),
             }
         }
-        self.data.shrink_to_fit();
+        self.buf().shrink_to_fit();
         self.index.shrink_to_fit();
     }
 
@@ -214,7 +249,10 @@ impl Entities {
     /// Drops every entity.
     pub fn clear(&mut self) {
         self.index.clear();
-        self.data.clear();
+        match Arc::get_mut(&mut self.data) {
+            Some(data) => data.clear(),
+            None => self.data = Arc::default(),
+        }
         self.dead = 0;
     }
 
@@ -239,22 +277,7 @@ impl Entities {
 
     /// Appends `[e1,e2,...]` (JSON) to `out`, in the order the entities arrived.
     pub fn write_array(&self, shapes: &Shapes, out: &mut Vec<u8>) {
-        out.push(b'[');
-        let mut first = true;
-        let mut at = 0;
-        while at < self.data.len() {
-            let h = self.header(at);
-            let end = at + HEADER + (h & !DEAD) as usize;
-            if h & DEAD == 0 {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                shapes.decode(&self.data[..end], &mut (at + HEADER), out);
-            }
-            at = end;
-        }
-        out.push(b']');
+        write_records(&self.data, shapes, out);
     }
 }
 

@@ -1,8 +1,9 @@
 //! One guild's cached state and the GUILD_CREATE built from it.
 
 use super::compact::{object_members, Encoder, Shapes};
-use super::entities::Entities;
+use super::entities::{write_records, Entities};
 use crate::config::CacheConfig;
+use std::sync::Arc;
 
 /// Keys of GUILD_CREATE that the cache holds as collections (or computes),
 /// so they are not kept in the guild's base object.
@@ -36,7 +37,7 @@ pub const BY_SOUND_ID: &[&[u8]] = &[b"sound_id"];
 #[derive(Debug, Default, Clone)]
 pub struct Guild {
     /// The guild object's other fields, as Discord sent them (compact object).
-    base: Box<[u8]>,
+    base: Arc<[u8]>,
     /// Approximate member count, moved by member add/remove.
     pub member_count: u64,
     /// Roles by id.
@@ -117,34 +118,17 @@ impl Guild {
 
     /// Appends this guild's GUILD_CREATE `d` object.
     pub fn write_create(&self, shapes: &Shapes, out: &mut Vec<u8>) {
-        shapes.decode(&self.base, &mut 0, out);
-        // The base is `{...}`: reopen it and append the collections.
-        out.pop();
-        if out.last() != Some(&b'{') {
-            out.push(b',');
+        self.freeze().write_create(shapes, out);
+    }
+
+    /// The guild as it is now, kept while it changes (collections are
+    /// copied on write), to be written later.
+    pub fn freeze(&self) -> FrozenGuild {
+        FrozenGuild {
+            base: self.base.clone(),
+            member_count: self.member_count,
+            sets: self.sets().map(Entities::records),
         }
-        out.extend_from_slice(b"\"unavailable\":false,\"member_count\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.member_count).as_bytes());
-        let sets: [(&str, &Entities); 11] = [
-            ("roles", &self.roles),
-            ("emojis", &self.emojis),
-            ("stickers", &self.stickers),
-            ("channels", &self.channels),
-            ("threads", &self.threads),
-            ("members", &self.members),
-            ("presences", &self.presences),
-            ("voice_states", &self.voice_states),
-            ("stage_instances", &self.stage_instances),
-            ("guild_scheduled_events", &self.scheduled_events),
-            ("soundboard_sounds", &self.soundboard_sounds),
-        ];
-        for (key, set) in sets {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
-            set.write_array(shapes, out);
-        }
-        out.push(b'}');
     }
 
     fn sets(&self) -> [&Entities; 11] {
@@ -171,6 +155,56 @@ impl Guild {
     /// Number of cached entities of every kind.
     pub fn entity_count(&self) -> usize {
         self.sets().iter().map(|e| e.len()).sum()
+    }
+}
+
+/// A guild as it was when frozen: what a client that identified then is sent.
+#[derive(Debug, Clone)]
+pub struct FrozenGuild {
+    base: Arc<[u8]>,
+    member_count: u64,
+    /// Records of each collection, in [`SET_KEYS`] order.
+    sets: [Arc<Vec<u8>>; 11],
+}
+
+/// GUILD_CREATE's keys of the cached collections, in the order they are written.
+const SET_KEYS: [&str; 11] = [
+    "roles",
+    "emojis",
+    "stickers",
+    "channels",
+    "threads",
+    "members",
+    "presences",
+    "voice_states",
+    "stage_instances",
+    "guild_scheduled_events",
+    "soundboard_sounds",
+];
+
+impl FrozenGuild {
+    /// Appends the guild's GUILD_CREATE `d` object.
+    pub fn write_create(&self, shapes: &Shapes, out: &mut Vec<u8>) {
+        shapes.decode(&self.base, &mut 0, out);
+        // The base is `{...}`: reopen it and append the collections.
+        out.pop();
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"unavailable\":false,\"member_count\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.member_count).as_bytes());
+        for (key, records) in SET_KEYS.iter().zip(&self.sets) {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_records(records, shapes, out);
+        }
+        out.push(b'}');
+    }
+
+    /// Bytes of compact data it holds (the JSON is about five times more).
+    pub fn compact_len(&self) -> usize {
+        self.base.len() + self.sets.iter().map(|s| s.len()).sum::<usize>()
     }
 }
 

@@ -9,7 +9,7 @@ pub mod guild;
 use crate::config::CacheConfig;
 use compact::{object_members, Shapes};
 use entities::{id_of, opt_snowflake, snowflake, user_id_of, Entities, IdMap};
-use guild::{Guild, BY_ID, BY_SOUND_ID};
+use guild::{FrozenGuild, Guild, BY_ID, BY_SOUND_ID};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -352,6 +352,16 @@ impl ShardCache {
             }
             None => false,
         }
+    }
+
+    /// Every available guild as it is now, to be written later with [`Self::write_frozen`].
+    pub fn freeze_guilds(&self) -> Vec<FrozenGuild> {
+        self.guilds.values().map(Guild::freeze).collect()
+    }
+
+    /// Appends a frozen guild's GUILD_CREATE `d`.
+    pub fn write_frozen(&self, guild: &FrozenGuild, out: &mut Vec<u8>) {
+        guild.write_create(&self.shapes, out);
     }
 
     /// The JSON of one cached entity of a guild's collection (`pick` chooses the collection).
@@ -753,5 +763,29 @@ mod tests {
         let mut missing: Vec<_> = back.missing().collect();
         missing.sort_by_key(|m| m.0);
         assert_eq!(missing, vec![(2, GuildStatus::Pending), (3, GuildStatus::Unavailable)]);
+    }
+
+    #[test]
+    fn a_frozen_guild_keeps_the_state_it_was_frozen_in() {
+        let flags = CacheConfig { members: true, ..CacheConfig::default() };
+        let mut c = ShardCache::new(flags);
+        c.apply(b"GUILD_CREATE", r#"{"id":"1","name":"a","member_count":1,"channels":[{"id":"10","name":"c"}],"members":[{"user":{"id":"5"},"nick":null}]}"#);
+        let mut before = Vec::new();
+        c.write_create(1, &mut before);
+        let frozen = c.freeze_guilds();
+        c.apply(b"CHANNEL_UPDATE", r#"{"id":"10","guild_id":"1","name":"renamed"}"#);
+        c.apply(b"GUILD_MEMBER_ADD", r#"{"guild_id":"1","user":{"id":"6"}}"#);
+        c.apply(b"GUILD_MEMBER_UPDATE", r#"{"guild_id":"1","user":{"id":"5"},"nick":"n"}"#);
+        c.apply(b"GUILD_UPDATE", r#"{"id":"1","name":"b"}"#);
+        let mut later = Vec::new();
+        c.write_frozen(&frozen[0], &mut later);
+        assert_eq!(String::from_utf8(later).unwrap(), String::from_utf8(before.clone()).unwrap());
+        let mut now = Vec::new();
+        c.write_create(1, &mut now);
+        let now: serde_json::Value = serde_json::from_slice(&now).unwrap();
+        assert_eq!(now["channels"][0]["name"], "renamed");
+        assert_eq!(now["members"].as_array().unwrap().len(), 2);
+        assert_eq!(now["member_count"], 2);
+        assert_eq!(now["name"], "b");
     }
 }

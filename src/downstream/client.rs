@@ -344,11 +344,19 @@ async fn serve_session(
         Intent::Identify(_) => {
             let Attached { session, generation, first: snapshot } =
                 hub.attach_new(conn_id, queue.clone(), read_fd, &core.shared.client_resume_url);
+            let guilds: usize = snapshot
+                .iter()
+                .map(|o| match o {
+                    Outgoing::Guilds(g) => g.len(),
+                    Outgoing::Snapshot(d) => d.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+                - 1;
             log::info!(
-                "{}: identified for shard {shard}: session {}, {} guild payloads (client {conn_id}, core {})",
+                "{}: identified for shard {shard}: session {}, {guilds} guild payloads (client {conn_id}, core {})",
                 conn.peer,
                 session.id,
-                snapshot.len() - 1,
                 core.index
             );
             (session, generation, snapshot, 0)
@@ -360,7 +368,7 @@ async fn serve_session(
                     conn.peer,
                     session.id,
                     r.seq,
-                    replay.len() - 1,
+                    replay.iter().map(|o| if let Outgoing::Snapshot(d) = o { d.len() } else { 0 }).sum::<usize>() - 1,
                     core.index
                 );
                 (session, generation, replay, r.seq)
@@ -368,7 +376,9 @@ async fn serve_session(
             Err(e) => return Err((conn, e)),
         },
     };
-    let _ = queue.push(Outgoing::Snapshot(first));
+    for item in first {
+        let _ = queue.push(item);
+    }
     let PendingConn { fd, peer, mut reader, frames, mut limiter, mut input, held, .. } = conn;
     let mut held = Some(held);
     // SAFETY: `fd` is open and owned; the read stream takes it over.
@@ -384,6 +394,7 @@ async fn serve_session(
         session: session.clone(),
         generation,
         start_seq,
+        hub: hub.clone(),
         sent_bytes: hub.metrics.client_bytes.clone(),
         payload_bytes: hub.metrics.client_payload_bytes.clone(),
     };

@@ -1,6 +1,6 @@
 //! What a client's writer is asked to send.
 
-use crate::protocol::dispatch::Dispatch;
+use crate::{cache::guild::FrozenGuild, protocol::dispatch::Dispatch};
 use std::rc::Rc;
 
 /// One item in a client's outgoing queue.
@@ -9,8 +9,12 @@ pub enum Outgoing {
     /// A live dispatch shared with the shard's other clients; the writer
     /// splices in this client's next sequence number.
     Dispatch(Rc<Dispatch>),
-    /// READY and the GUILD_CREATEs built from the cache, sequenced like dispatches.
+    /// Dispatches for this client only (READY, GUILD_DELETEs of a snapshot;
+    /// a resume's missed dispatches), sequenced like live ones.
     Snapshot(Vec<Rc<Dispatch>>),
+    /// The guilds of a snapshot, each sent as GUILD_CREATE, written from
+    /// the cache's compact form as they are sent.
+    Guilds(Vec<FrozenGuild>),
     /// A non-dispatch payload built by the proxy (Heartbeat ACK, Invalid Session...).
     Payload(Vec<u8>),
     /// Bytes already framed (pong or close replies produced by the websocket layer).

@@ -1,14 +1,19 @@
 //! READY and GUILD_CREATE for a client that identifies, built from the cache.
 
+use super::outgoing::Outgoing;
 use crate::{hub::ShardHub, protocol::dispatch::Dispatch};
 use std::rc::Rc;
 
 /// Builds READY, one GUILD_CREATE per available guild, and GUILD_DELETE
 /// `{id, unavailable: true}` for guilds in an outage (or still missing
 /// after the load grace period).
-pub fn build(hub: &ShardHub, session_id: &str, resume_url: &str, grace_over: bool) -> Vec<Rc<Dispatch>> {
+///
+/// The guilds are frozen, not written: the client's writer turns each into
+/// JSON as it sends it, so the first GUILD_CREATE leaves while the others
+/// are still compact, and a client costs no more memory than the
+/// collections that change while it is being sent.
+pub fn build(hub: &ShardHub, session_id: &str, resume_url: &str, grace_over: bool) -> Vec<Outgoing> {
     let cache = hub.cache.borrow();
-    let mut out = Vec::with_capacity(cache.guild_count() + 1);
     let mut d = Vec::with_capacity(256 + cache.guild_count() * 40);
     d.extend_from_slice(b"{\"v\":10,\"user\":");
     d.extend_from_slice(cache.user().unwrap_or("null").as_bytes());
@@ -32,19 +37,17 @@ pub fn build(hub: &ShardHub, session_id: &str, resume_url: &str, grace_over: boo
     d.extend_from_slice(
         b",\"private_channels\":[],\"guild_join_requests\":[],\"presences\":[],\"relationships\":[],\"user_settings\":{},\"geo_ordered_rtc_regions\":[],\"auth\":{}}",
     );
-    out.push(Rc::new(Dispatch::build("READY", &d)));
-    for (id, guild) in cache.guilds() {
-        // Written straight into the payload; JSON is about five times the compact form.
-        let hint = guild.heap_bytes() * 5;
-        out.push(Rc::new(Dispatch::build_with("GUILD_CREATE", hint, |buf| {
-            cache.write_create(id, buf);
-        })));
-    }
+    let mut out = vec![Outgoing::Snapshot(vec![Rc::new(Dispatch::build("READY", &d))])];
+    out.push(Outgoing::Guilds(cache.freeze_guilds()));
+    let mut deletes = Vec::new();
     for (id, status) in cache.missing() {
         if ShardHub::report_missing(status, grace_over) {
             let body = format!("{{\"id\":\"{id}\",\"unavailable\":true}}");
-            out.push(Rc::new(Dispatch::build("GUILD_DELETE", body.as_bytes())));
+            deletes.push(Rc::new(Dispatch::build("GUILD_DELETE", body.as_bytes())));
         }
+    }
+    if !deletes.is_empty() {
+        out.push(Outgoing::Snapshot(deletes));
     }
     out
 }

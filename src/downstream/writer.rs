@@ -3,7 +3,7 @@
 //! (and compresses) them, and writes each batch with one socket write.
 
 use super::{frames::FrameWriter, outgoing::Outgoing, queue::ClientQueue, session::ClientSession};
-use crate::protocol::dispatch::Dispatch;
+use crate::{hub::ShardHub, protocol::dispatch::Dispatch};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::{os::fd::AsRawFd, rc::Rc};
@@ -38,6 +38,17 @@ impl Stream<'_> {
         frames.message(&[d.head(), digits.format(n).as_bytes(), d.tail()], out);
         self.session.record_sent(self.generation, n, d.index());
     }
+
+    /// Frames a GUILD_CREATE of a snapshot whose `d` is `d`.
+    fn encode_guild_create(&mut self, d: &[u8], frames: &mut FrameWriter, out: &mut Vec<u8>) {
+        let n = self.seq.advance();
+        let mut digits = itoa::Buffer::new();
+        frames.message(
+            &[b"{\"t\":\"GUILD_CREATE\",\"s\":", digits.format(n).as_bytes(), b",\"op\":0,\"d\":", d, b"}"],
+            out,
+        );
+        self.session.record_sent(self.generation, n, None);
+    }
 }
 
 /// Who the writer writes for.
@@ -50,6 +61,8 @@ pub struct WriterContext {
     pub generation: u64,
     /// Sequence number to continue from.
     pub start_seq: u64,
+    /// The shard, whose cache writes the GUILD_CREATEs of a snapshot.
+    pub hub: Rc<ShardHub>,
     /// Bytes put on the wire (metrics).
     pub sent_bytes: prometheus::IntCounter,
     /// Payload bytes before compression (metrics).
@@ -61,7 +74,8 @@ pub struct WriterContext {
 /// session, the client's seq for a resume); what was sent is recorded in
 /// the session so that a later RESUME knows where the client stands.
 pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: FrameWriter, ctx: WriterContext) {
-    let WriterContext { conn, session, generation, start_seq, sent_bytes, payload_bytes } = ctx;
+    let WriterContext { conn, session, generation, start_seq, hub, sent_bytes, payload_bytes } = ctx;
+    let mut guild_d = Vec::new();
     let mut seqs = Stream { seq: Sequencer { last: start_seq }, session: &session, generation };
     let (mut reported_in, mut reported_out) = (0, 0);
     let mut batch = Vec::with_capacity(BATCH);
@@ -83,6 +97,21 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
                             out.clear();
                         }
                     }
+                }
+                Outgoing::Guilds(list) => {
+                    for g in &list {
+                        guild_d.clear();
+                        hub.cache.borrow().write_frozen(g, &mut guild_d);
+                        seqs.encode_guild_create(&guild_d, &mut frames, &mut out);
+                        if out.len() >= 1 << 20 {
+                            if stream.write_all(&out).await.is_err() {
+                                break 'outer;
+                            }
+                            out.clear();
+                        }
+                    }
+                    // A snapshot's largest buffer is not kept for the session's life.
+                    guild_d = Vec::new();
                 }
                 Outgoing::Payload(p) => frames.message(&[&p], &mut out),
                 Outgoing::Framed(bytes) => out.extend_from_slice(&bytes),

@@ -115,7 +115,7 @@ pub struct Attached {
     /// The session generation this connection serves.
     pub generation: u64,
     /// What to send before live events: READY and GUILD_CREATEs, or the missed dispatches and RESUMED.
-    pub first: Vec<Rc<Dispatch>>,
+    pub first: Vec<Outgoing>,
 }
 
 /// A shard's state on its core.
@@ -412,7 +412,7 @@ impl ShardHub {
         let generation =
             session.begin(conn, fd, Position { resume_from: start, sent_seq: seq, floor_seq: pos.floor_seq });
         self.subscribers.borrow_mut().push(Subscriber { id: conn, session: session.num, queue, fd });
-        Ok(Attached { session, generation, first: out })
+        Ok(Attached { session, generation, first: vec![Outgoing::Snapshot(out)] })
     }
 
     fn store_session(&self, session: Rc<ClientSession>) {
