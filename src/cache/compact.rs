@@ -13,7 +13,11 @@
 //! written. Values are only re-spelt when the re-spelling is verified to be
 //! identical at encode time (snowflakes, hashes, timestamps).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
+};
 
 /// `null` as a variable value (in arrays and inline objects).
 const T_NULL: u8 = 0;
@@ -57,7 +61,30 @@ const MAX_DEPTH: usize = 64;
 #[derive(Debug, Default)]
 pub struct Shapes {
     list: Vec<Arc<Shape>>,
-    index: HashMap<Box<[u8]>, u16>,
+    index: HashMap<Box<[u8]>, u16, BuildHasherDefault<SigHasher>>,
+    /// One signature buffer per nesting depth, reused by every encoding.
+    sigs: Vec<Vec<u8>>,
+}
+
+/// Hashes signatures a word at a time (SipHash was a visible cost of loading guilds).
+#[derive(Default)]
+struct SigHasher(u64);
+
+impl Hasher for SigHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
 }
 
 /// A key of a shape and its constant value, `None` for a slot.
@@ -163,6 +190,16 @@ fn const_len(s: &[u8]) -> Option<usize> {
     CONSTANTS.iter().find(|c| s.starts_with(c)).map(|c| c.len())
 }
 
+/// Length of the constant value starting at `j[i..]`, if it is one (`0`
+/// only when the number ends there).
+fn constant_at(j: &[u8], i: usize) -> Option<usize> {
+    let len = const_len(&j[i..])?;
+    if j[i] == b'0' && matches!(j.get(i + 1), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some(len)
+}
+
 // ---------------------------------------------------------------- scanning JSON
 
 fn skip_ws(j: &[u8], mut p: usize) -> usize {
@@ -172,18 +209,40 @@ fn skip_ws(j: &[u8], mut p: usize) -> usize {
     p
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of `w` that is `"`, `\\` or a control character
+/// (exact for the lowest such byte, which is all that is used).
+fn special_bytes(w: u64) -> u64 {
+    let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    zero(w ^ (LO * u64::from(b'"'))) | zero(w ^ (LO * u64::from(b'\\'))) | (w.wrapping_sub(LO * 0x20) & !w & HI)
+}
+
 /// End of the string starting at `p` (at its opening quote): the index after the closing quote.
 fn string_end(j: &[u8], p: usize) -> Option<usize> {
     let mut i = p + 1;
-    while i < j.len() {
-        match j[i] {
+    loop {
+        // Plain text eight bytes at a time.
+        while let Some(chunk) = j.get(i..i + 8) {
+            let m = special_bytes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match *j.get(i)? {
             b'"' => return Some(i + 1),
-            b'\\' => i += 2,
+            b'\\' => match j.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' if j.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                _ => return None,
+            },
             0..=0x1f => return None,
             _ => i += 1,
         }
     }
-    None
 }
 
 fn number_end(j: &[u8], p: usize) -> Option<usize> {
@@ -469,14 +528,17 @@ fn write_time(tag: u8, v: i64, out: &mut Vec<u8>) {
 /// Turns JSON into the compact form, interning shapes as it goes.
 pub struct Encoder<'a> {
     shapes: &'a mut Shapes,
-    /// One signature buffer per nesting depth, reused.
-    sigs: Vec<Vec<u8>>,
 }
 
 impl<'a> Encoder<'a> {
     /// An encoder that interns into `shapes`.
     pub fn new(shapes: &'a mut Shapes) -> Self {
-        Self { shapes, sigs: Vec::new() }
+        Self { shapes }
+    }
+
+    /// The shapes interned into.
+    pub fn shapes(&self) -> &Shapes {
+        self.shapes
     }
 
     /// Appends the compact form of the JSON value `j` to `out`; `None` (and
@@ -496,8 +558,19 @@ impl<'a> Encoder<'a> {
 
     /// Encodes the object `members` (raw key, raw value) as one object.
     pub fn encode_members(&mut self, members: &[(&[u8], &[u8])], out: &mut Vec<u8>) -> Option<()> {
+        self.encode_members_without(members, &[], out)
+    }
+
+    /// Like [`Self::encode_members`], leaving out the keys in `drop`.
+    pub fn encode_members_without(
+        &mut self,
+        members: &[(&[u8], &[u8])],
+        drop: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let start = out.len();
-        let ok = self.object_from(members.iter().map(|&(k, v)| (k, Value::Json(v))), out, 0);
+        let kept = members.iter().filter(|(k, _)| !drop.contains(k));
+        let ok = self.object_from(kept.map(|&(k, v)| (k, Value::Json(v))), out, 0);
         if ok.is_none() {
             out.truncate(start);
         }
@@ -519,10 +592,10 @@ impl<'a> Encoder<'a> {
         if members.clone().any(|(k, _)| k.iter().any(|&b| b == b'"' || b == b'\\')) {
             return self.inline_object(members, out, depth);
         }
-        if self.sigs.len() <= depth {
-            self.sigs.resize_with(depth + 1, Vec::new);
+        if self.shapes.sigs.len() <= depth {
+            self.shapes.sigs.resize_with(depth + 1, Vec::new);
         }
-        let mut sig = std::mem::take(&mut self.sigs[depth]);
+        let mut sig = std::mem::take(&mut self.shapes.sigs[depth]);
         sig.clear();
         sig.push(b'{');
         out.push(T_OBJ);
@@ -556,7 +629,7 @@ impl<'a> Encoder<'a> {
         }
         sig.push(b'}');
         let shape = if ok { self.shapes.intern(&sig) } else { None };
-        self.sigs[depth] = sig;
+        self.shapes.sigs[depth] = sig;
         if !ok {
             out.truncate(start);
             return None;
@@ -594,6 +667,225 @@ impl<'a> Encoder<'a> {
         Some(())
     }
 
+    /// Encodes the value at `j[p..]` (no leading whitespace) and returns
+    /// where it ends; `None` (and `out` unchanged) if it is not valid JSON.
+    pub fn encode_at(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>) -> Option<usize> {
+        let start = out.len();
+        let end = self.value(j, p, out, 0);
+        if end.is_none() {
+            out.truncate(start);
+        }
+        end
+    }
+
+    /// Encodes the JSON object `j` without its members whose keys are in
+    /// `drop`, in one pass; returns the dropped members' raw values (in
+    /// `drop`'s order, `None` if absent) so an event's `guild_id` costs no
+    /// second scan.
+    pub fn encode_without<'j, const N: usize>(
+        &mut self,
+        j: &'j [u8],
+        drop: [&[u8]; N],
+        out: &mut Vec<u8>,
+    ) -> Option<[Option<&'j [u8]>; N]> {
+        let start = out.len();
+        let mut dropped = [None; N];
+        let p = skip_ws(j, 0);
+        if j.get(p) != Some(&b'{') {
+            return None;
+        }
+        if self.shapes.sigs.is_empty() {
+            self.shapes.sigs.push(Vec::new());
+        }
+        let mut sig = std::mem::take(&mut self.shapes.sigs[0]);
+        sig.clear();
+        out.push(T_OBJ);
+        out.extend_from_slice(&[0, 0]);
+        let body = self.object_body_with(j, p, out, 0, &mut sig, &drop, &mut dropped);
+        let shape = match body {
+            Some((_, true)) => self.shapes.intern(&sig),
+            _ => None,
+        };
+        self.shapes.sigs[0] = sig;
+        let end = match (body, shape) {
+            (Some((end, _)), Some(id)) => {
+                out[start + 1..start + 3].copy_from_slice(&id.to_le_bytes());
+                end
+            }
+            (Some(_), None) => {
+                // Rare (odd keys, full table): by members.
+                out.truncate(start);
+                let members = object_members(j)?;
+                self.encode_members_without(&members, &drop, out)?;
+                return Some(dropped);
+            }
+            (None, _) => {
+                out.truncate(start);
+                return None;
+            }
+        };
+        if skip_ws(j, end) != j.len() {
+            out.truncate(start);
+            return None;
+        }
+        Some(dropped)
+    }
+
+    /// Encodes the object at `j[p..]` in one pass over its text; returns where it ends.
+    fn object(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let start = out.len();
+        if self.shapes.sigs.len() <= depth {
+            self.shapes.sigs.resize_with(depth + 1, Vec::new);
+        }
+        let mut sig = std::mem::take(&mut self.shapes.sigs[depth]);
+        sig.clear();
+        out.push(T_OBJ);
+        out.extend_from_slice(&[0, 0]);
+        let body = self.object_body(j, p, out, depth, &mut sig);
+        let shape = match body {
+            Some((_, true)) => self.shapes.intern(&sig),
+            _ => None,
+        };
+        self.shapes.sigs[depth] = sig;
+        let (end, _) = body?;
+        if let Some(id) = shape {
+            out[start + 1..start + 3].copy_from_slice(&id.to_le_bytes());
+            return Some(end);
+        }
+        // A key the signature cannot hold, or the shape table is full: keys inline.
+        out.truncate(start);
+        self.inline_json(j, p, out, depth)
+    }
+
+    /// The members of the object at `j[p..]`: values into `out`, keys and
+    /// constants into `sig`. Returns where it ends and whether every key
+    /// can be part of a signature.
+    fn object_body(
+        &mut self,
+        j: &[u8],
+        p: usize,
+        out: &mut Vec<u8>,
+        depth: usize,
+        sig: &mut Vec<u8>,
+    ) -> Option<(usize, bool)> {
+        self.object_body_with(j, p, out, depth, sig, &[], &mut [])
+    }
+
+    /// [`Self::object_body`], leaving out the members whose keys are in
+    /// `drop` (their raw values go to the same place in `dropped`).
+    #[allow(clippy::too_many_arguments)]
+    fn object_body_with<'j>(
+        &mut self,
+        j: &'j [u8],
+        p: usize,
+        out: &mut Vec<u8>,
+        depth: usize,
+        sig: &mut Vec<u8>,
+        drop: &[&[u8]],
+        dropped: &mut [Option<&'j [u8]>],
+    ) -> Option<(usize, bool)> {
+        sig.push(b'{');
+        let mut i = skip_ws(j, p + 1);
+        if j.get(i) == Some(&b'}') {
+            sig.push(b'}');
+            return Some((i + 1, true));
+        }
+        let mut keys_ok = true;
+        let mut first = true;
+        loop {
+            if j.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(j, i)?;
+            let key = &j[i + 1..key_end - 1];
+            i = skip_ws(j, key_end);
+            if j.get(i) != Some(&b':') {
+                return None;
+            }
+            i = skip_ws(j, i + 1);
+            if let Some(at) = drop.iter().position(|d| *d == key) {
+                let end = value_end(j, i, 1)?;
+                dropped[at] = Some(&j[i..end]);
+                {
+                    i = skip_ws(j, end);
+                    match j.get(i) {
+                        Some(b',') => {
+                            i = skip_ws(j, i + 1);
+                            continue;
+                        }
+                        Some(b'}') => {
+                            sig.push(b'}');
+                            return Some((i + 1, keys_ok));
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            keys_ok &= !key.iter().any(|&b| b == b'"' || b == b'\\');
+            if !first {
+                sig.push(b',');
+            }
+            first = false;
+            sig.push(b'"');
+            sig.extend_from_slice(key);
+            sig.extend_from_slice(b"\":");
+            let end = match constant_at(j, i) {
+                Some(len) => {
+                    sig.extend_from_slice(&j[i..i + len]);
+                    i + len
+                }
+                None => {
+                    sig.push(SLOT);
+                    self.value(j, i, out, depth + 1)?
+                }
+            };
+            i = skip_ws(j, end);
+            match j.get(i) {
+                Some(b',') => i = skip_ws(j, i + 1),
+                Some(b'}') => {
+                    sig.push(b'}');
+                    return Some((i + 1, keys_ok));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Encodes the object at `j[p..]` with its keys inline.
+    fn inline_json(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+        out.push(T_IOBJ);
+        let mut i = skip_ws(j, p + 1);
+        if j.get(i) == Some(&b'}') {
+            out.push(T_END);
+            return Some(i + 1);
+        }
+        loop {
+            if j.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(j, i)?;
+            let key = &j[i + 1..key_end - 1];
+            put_varint(out, key.len() as u64);
+            out.extend_from_slice(key);
+            i = skip_ws(j, key_end);
+            if j.get(i) != Some(&b':') {
+                return None;
+            }
+            i = skip_ws(j, self.value(j, skip_ws(j, i + 1), out, depth + 1)?);
+            match j.get(i) {
+                Some(b',') => i = skip_ws(j, i + 1),
+                Some(b'}') => {
+                    out.push(T_END);
+                    return Some(i + 1);
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Encodes the value at `j[p..]` (no leading whitespace); returns where it ends.
     fn value(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
         match *j.get(p)? {
@@ -602,12 +894,7 @@ impl<'a> Encoder<'a> {
                 encode_string(&j[p + 1..end - 1], out);
                 Some(end)
             }
-            b'{' => {
-                let end = value_end(j, p, depth)?;
-                let members = object_members(&j[p..end])?;
-                self.object_from(members.into_iter().map(|(k, v)| (k, Value::Json(v))), out, depth)?;
-                Some(end)
-            }
+            b'{' => self.object(j, p, out, depth),
             b'[' => {
                 out.push(T_ARR);
                 let mut i = skip_ws(j, p + 1);
@@ -918,6 +1205,37 @@ impl Shapes {
         }
     }
 
+    /// The raw content of the string at `path` of an encoded object (only
+    /// strings kept as text: not snowflakes, hashes or timestamps).
+    pub fn string_at<'e>(&self, e: &'e [u8], path: &[&[u8]]) -> Option<&'e [u8]> {
+        let mut v = e;
+        for key in path {
+            v = self.field(v, key)?;
+        }
+        if v[0] != T_STR {
+            return None;
+        }
+        let mut p = 1;
+        let n = get_varint(v, &mut p) as usize;
+        v.get(p..p + n)
+    }
+
+    /// Whether the encoded object `new` has every key of the encoded object
+    /// `old`, so that replacing `old` by `new` loses nothing a merge would keep.
+    pub fn covers(&self, new: &[u8], old: &[u8]) -> bool {
+        if new.first() != Some(&T_OBJ) || old.first() != Some(&T_OBJ) {
+            return false;
+        }
+        if new[1..3] == old[1..3] {
+            return true;
+        }
+        let shape = |e: &[u8]| &self.list[usize::from(u16::from_le_bytes([e[1], e[2]]))];
+        let (n, o) = (&shape(new).fields, &shape(old).fields);
+        // Usually the same keys in the same order, with other constants.
+        n.len() >= o.len() && o.iter().zip(n.iter()).all(|(a, b)| a.0 == b.0)
+            || o.iter().all(|(k, _)| n.iter().any(|(nk, _)| nk == k))
+    }
+
     /// Rebuilds the encoded object `old` with `update`'s members (JSON text)
     /// replacing or following its own, without the keys in `drop`; `None`
     /// values in `update` remove the key.
@@ -991,7 +1309,9 @@ mod tests {
     #[test]
     fn invalid_json_is_refused() {
         let mut shapes = Shapes::default();
-        for bad in ["{", "{\"a\":}", "[1,]", "{\"a\" 1}", "tru", "\"\u{1}\"", "{}x", "01", "-"] {
+        for bad in
+            ["{", "{\"a\":}", r#""\x""#, r#""\u12g4""#, "[1,]", "{\"a\" 1}", "tru", "\"\u{1}\"", "{}x", "01", "-"]
+        {
             let mut out = vec![9];
             assert!(Encoder::new(&mut shapes).encode(bad.as_bytes(), &mut out).is_none(), "{bad}");
             assert_eq!(out, [9]);
@@ -1043,5 +1363,44 @@ mod tests {
         assert_eq!(out[0], T_IOBJ);
         assert_eq!(shapes.to_json(&out), json);
         assert_eq!(shapes.snowflake_at(&out, &[b"new", b"inner"]), Some(1234));
+    }
+
+    #[test]
+    fn strings_end_at_the_right_byte_at_every_offset() {
+        for len in 0..40 {
+            for (special, ok) in [("\"", true), ("\\n", true), ("\\u00e9", true), ("\\q", false), ("\u{1}", false)] {
+                let body = format!("{}{special}{}", "x".repeat(len), "é".repeat(len % 5));
+                let json = format!("\"{body}\"");
+                let mut shapes = Shapes::default();
+                let mut out = Vec::new();
+                let got = Encoder::new(&mut shapes).encode(json.as_bytes(), &mut out);
+                if special == "\"" {
+                    // The quote ends the string early: trailing text.
+                    assert!(got.is_none(), "{json}");
+                } else {
+                    assert_eq!(got.is_some(), ok, "{json}");
+                    if ok {
+                        assert_eq!(shapes.to_json(&out), json);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encode_without_drops_and_returns_members() {
+        let mut shapes = Shapes::default();
+        let mut out = Vec::new();
+        let json = br#"{"guild_id":"5","user":{"id":"7"},"member":{"x":1},"nick":null}"#;
+        let [gid, member, none] =
+            Encoder::new(&mut shapes).encode_without(json, [b"guild_id", b"member", b"absent"], &mut out).unwrap();
+        assert_eq!((gid, member, none), (Some(&b"\"5\""[..]), Some(&br#"{"x":1}"#[..]), None));
+        assert_eq!(shapes.to_json(&out), r#"{"user":{"id":"7"},"nick":null}"#);
+        assert_eq!(shapes.snowflake_at(&out, &[b"user", b"id"]), Some(7));
+        for bad in [&br#"{"guild_id":"5","a":}"#[..], br#"{"guild_id":"5"} x"#, b"[1]"] {
+            let mut out = vec![1];
+            assert!(Encoder::new(&mut shapes).encode_without(bad, [b"guild_id"], &mut out).is_none());
+            assert_eq!(out, [1]);
+        }
     }
 }

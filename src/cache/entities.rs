@@ -5,7 +5,7 @@
 //! then a splice of stored text, never a re-serialisation, and an entity
 //! costs its JSON length plus one map slot.
 
-use super::compact::{self, Encoder, Shapes};
+use super::compact::{Encoder, Shapes};
 use serde::{de, Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::{
@@ -174,9 +174,8 @@ impl Entities {
         drop: &[&[u8]],
         shapes: &mut Shapes,
     ) -> Option<()> {
-        let kept: Vec<(&[u8], &[u8])> = members.iter().copied().filter(|(k, _)| !drop.contains(k)).collect();
-        let at = self.begin(kept.iter().map(|(_, v)| v.len()).sum::<usize>() / 4);
-        if Encoder::new(shapes).encode_members(&kept, Arc::make_mut(&mut self.data)).is_none() {
+        let at = self.begin(members.iter().map(|(_, v)| v.len()).sum::<usize>() / 4);
+        if Encoder::new(shapes).encode_members_without(members, drop, Arc::make_mut(&mut self.data)).is_none() {
             self.buf().truncate(at);
             return None;
         }
@@ -193,19 +192,33 @@ impl Entities {
     /// Like [`Self::fill`], keeping only the entities whose key passes `keep`.
     pub fn fill_where(&mut self, array: &[u8], key: &[&[u8]], shapes: &mut Shapes, keep: impl Fn(u64) -> bool) {
         self.clear();
-        let Some(items) = compact::array_elements(array) else { return };
         self.buf().reserve(array.len() / 4);
-        self.index.reserve(items.len());
-        for item in items {
+        let mut enc = Encoder::new(shapes);
+        let ws = |i: usize| i + array[i.min(array.len())..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let mut i = ws(0);
+        if array.get(i) != Some(&b'[') {
+            return;
+        }
+        i = ws(i + 1);
+        if array.get(i) == Some(&b']') {
+            return;
+        }
+        loop {
             let at = self.data.len();
             self.buf().extend_from_slice(&[0; HEADER]);
-            if Encoder::new(shapes).encode(item, Arc::make_mut(&mut self.data)).is_none() {
+            let Some(end) = enc.encode_at(array, i, Arc::make_mut(&mut self.data)) else {
+                // Not JSON from here on: keep what came before.
                 self.buf().truncate(at);
-                continue;
-            }
-            match shapes.snowflake_at(&self.data[at + HEADER..], key) {
+                break;
+            };
+            match enc.shapes().snowflake_at(&self.data[at + HEADER..], key) {
                 Some(id) if keep(id) => self.finish(id, at),
                 _ => self.buf().truncate(at),
+            }
+            i = ws(end);
+            match array.get(i) {
+                Some(b',') => i = ws(i + 1),
+                _ => break,
             }
         }
         self.buf().shrink_to_fit();

@@ -67,10 +67,19 @@ pub struct Guild {
 impl Guild {
     /// Builds the guild from a GUILD_CREATE payload, keeping what `flags` asks for.
     pub fn from_create(d: &[u8], flags: &CacheConfig, bot_id: Option<u64>, shapes: &mut Shapes) -> Option<Self> {
-        let pairs = object_members(d)?;
+        Self::from_members(&object_members(d)?, flags, bot_id, shapes)
+    }
+
+    /// Like [`Self::from_create`], from the payload's members already split.
+    pub fn from_members(
+        pairs: &[(&[u8], &[u8])],
+        flags: &CacheConfig,
+        bot_id: Option<u64>,
+        shapes: &mut Shapes,
+    ) -> Option<Self> {
         let mut g = Guild::default();
         let mut base = Vec::with_capacity(pairs.len());
-        for &(key, value) in &pairs {
+        for &(key, value) in pairs {
             match key {
                 b"roles" if flags.roles => g.roles.fill(value, BY_ID, shapes),
                 b"emojis" if flags.emojis => g.emojis.fill(value, BY_ID, shapes),

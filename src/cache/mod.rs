@@ -7,9 +7,9 @@ pub mod entities;
 pub mod guild;
 
 use crate::config::CacheConfig;
-use compact::{object_members, Shapes};
+use compact::{object_members, Encoder, Shapes};
 use entities::{id_of, opt_snowflake, snowflake, user_id_of, Entities, IdMap};
-use guild::{FrozenGuild, Guild, BY_ID, BY_SOUND_ID};
+use guild::{FrozenGuild, Guild, BY_ID, BY_SOUND_ID, BY_USER_ID, BY_VOICE_USER};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -82,6 +82,8 @@ pub struct ShardCache {
     missing: IdMap<GuildStatus>,
     /// Object layouts of every compact entity of this shard.
     shapes: Shapes,
+    /// Reused for encoding an event's entity before deciding where it goes.
+    scratch: Vec<u8>,
 }
 
 /// [`ShardCache`] as saved: JSON throughout.
@@ -402,6 +404,8 @@ impl ShardCache {
     fn apply_inner(&mut self, t: &[u8], d: &str) -> Option<Vec<u64>> {
         let flags = &self.flags;
         let shapes = &mut self.shapes;
+        let scratch = &mut self.scratch;
+        scratch.clear();
         let db = d.as_bytes();
         match t {
             b"READY" => {
@@ -427,14 +431,15 @@ impl ShardCache {
                 self.user = Some(d.into());
             }
             b"GUILD_CREATE" => {
-                let del: GuildDelete = serde_json::from_str(d).ok()?;
-                if del.unavailable == Some(true) {
-                    self.guilds.remove(&del.id);
-                    self.missing.insert(del.id, GuildStatus::Unavailable);
+                let top = object_members(db)?;
+                let id = id_at(&top, b"id")?;
+                if member(&top, b"unavailable") == Some(b"true") {
+                    self.guilds.remove(&id);
+                    self.missing.insert(id, GuildStatus::Unavailable);
                 } else {
-                    let guild = Guild::from_create(db, flags, self.bot_id, shapes)?;
-                    self.missing.remove(&del.id);
-                    self.guilds.insert(del.id, guild);
+                    let guild = Guild::from_members(&top, flags, self.bot_id, shapes)?;
+                    self.missing.remove(&id);
+                    self.guilds.insert(id, guild);
                 }
             }
             b"GUILD_UPDATE" => {
@@ -461,9 +466,9 @@ impl ShardCache {
                 self.guilds.get_mut(&ev.guild_id)?.roles.remove(ev.role_id);
             }
             b"CHANNEL_CREATE" | b"CHANNEL_UPDATE" if flags.channels => {
-                let ev = object_members(db)?;
-                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
-                guild.channels.insert_members(id_at(&ev, b"id")?, &ev, &[b"guild_id"], shapes)?;
+                let [gid] = Encoder::new(shapes).encode_without(db, [b"guild_id"], scratch)?;
+                let guild = self.guilds.get_mut(&snowflake_json(gid?)?)?;
+                guild.channels.insert_encoded(shapes.snowflake_at(scratch, BY_ID)?, scratch);
             }
             b"CHANNEL_DELETE" if flags.channels => {
                 let ch: ChannelLike = serde_json::from_str(d).ok()?;
@@ -564,27 +569,30 @@ impl ShardCache {
                 guild.threads.insert_encoded(ev.id, &updated);
             }
             b"GUILD_MEMBER_ADD" => {
-                let ev = object_members(db)?;
-                let uid = nested_id(&ev, b"user")?;
-                let keep = flags.members || (flags.current_member && Some(uid) == self.bot_id);
-                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+                let [gid] = Encoder::new(shapes).encode_without(db, [b"guild_id"], scratch)?;
+                let guild = self.guilds.get_mut(&snowflake_json(gid?)?)?;
                 guild.member_count += 1;
-                if keep {
-                    guild.members.insert_members(uid, &ev, &[b"guild_id"], shapes)?;
+                let uid = shapes.snowflake_at(scratch, BY_USER_ID)?;
+                if flags.members || (flags.current_member && Some(uid) == self.bot_id) {
+                    guild.members.insert_encoded(uid, scratch);
                 }
             }
             b"GUILD_MEMBER_UPDATE" => {
-                let ev = object_members(db)?;
-                let uid = nested_id(&ev, b"user")?;
-                let keep = flags.members || (flags.current_member && Some(uid) == self.bot_id);
-                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+                let [gid] = Encoder::new(shapes).encode_without(db, [b"guild_id"], scratch)?;
+                let guild = self.guilds.get_mut(&snowflake_json(gid?)?)?;
+                let uid = shapes.snowflake_at(scratch, BY_USER_ID)?;
                 match guild.members.get(uid) {
+                    // Discord sends the whole member: usually nothing to merge.
+                    Some(old) if shapes.covers(scratch, old) => guild.members.insert_encoded(uid, scratch),
                     Some(old) => {
+                        let ev = object_members(db)?;
                         let update: Vec<(&[u8], Option<&[u8]>)> = ev.iter().map(|&(k, v)| (k, Some(v))).collect();
                         let merged = shapes.merge(old, &update, &[b"guild_id"])?;
                         guild.members.insert_encoded(uid, &merged);
                     }
-                    None if keep => guild.members.insert_members(uid, &ev, &[b"guild_id"], shapes)?,
+                    None if flags.members || (flags.current_member && Some(uid) == self.bot_id) => {
+                        guild.members.insert_encoded(uid, scratch)
+                    }
                     None => return None,
                 }
             }
@@ -644,23 +652,23 @@ impl ShardCache {
                 }
             }
             b"PRESENCE_UPDATE" if flags.presences => {
-                let ev = object_members(db)?;
-                let uid = nested_id(&ev, b"user")?;
-                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
-                if member(&ev, b"status") == Some(b"\"offline\"") {
+                let [gid] = Encoder::new(shapes).encode_without(db, [b"guild_id"], scratch)?;
+                let guild = self.guilds.get_mut(&snowflake_json(gid?)?)?;
+                let uid = shapes.snowflake_at(scratch, BY_USER_ID)?;
+                if shapes.string_at(scratch, &[b"status"]) == Some(b"offline") {
                     guild.presences.remove(uid);
                 } else {
-                    guild.presences.insert_members(uid, &ev, &[b"guild_id"], shapes)?;
+                    guild.presences.insert_encoded(uid, scratch);
                 }
             }
             b"VOICE_STATE_UPDATE" if flags.voice_states => {
-                let ev = object_members(db)?;
-                let uid = id_at(&ev, b"user_id")?;
-                let guild = self.guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
-                if member(&ev, b"channel_id").is_none_or(|c| c == b"null") {
+                let [gid, _] = Encoder::new(shapes).encode_without(db, [b"guild_id", b"member"], scratch)?;
+                let guild = self.guilds.get_mut(&snowflake_json(gid?)?)?;
+                let uid = shapes.snowflake_at(scratch, BY_VOICE_USER)?;
+                if shapes.snowflake_at(scratch, &[b"channel_id"]).is_none() {
                     guild.voice_states.remove(uid);
                 } else {
-                    guild.voice_states.insert_members(uid, &ev, &[b"guild_id", b"member"], shapes)?;
+                    guild.voice_states.insert_encoded(uid, scratch);
                 }
             }
             b"STAGE_INSTANCE_CREATE" | b"STAGE_INSTANCE_UPDATE" if flags.stage_instances => {

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 const SHARDS: u32 = 4;
 
 struct Args {
+    /// Only the update-cost table, with the events applied `runs` times to one cache (for profiling).
+    updates_only: bool,
     guilds: u32,
     members: u32,
     runs: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { guilds: 2_000, members: 200, runs: 5 };
+    let mut a = Args { updates_only: false, guilds: 2_000, members: 200, runs: 5 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
@@ -29,8 +31,11 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--guilds" => a.guilds = num("--guilds")?.clamp(1, 100_000) as u32,
             "--members" => a.members = num("--members")?.clamp(1, 100_000) as u32,
+            "--updates-only" => a.updates_only = true,
             "--runs" => a.runs = num("--runs")?.clamp(1, 100) as usize,
-            "-h" | "--help" => return Err("usage: cachebench [--guilds N] [--members N] [--runs N]".into()),
+            "-h" | "--help" => {
+                return Err("usage: cachebench [--guilds N] [--members N] [--runs N] [--updates-only]".into())
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -136,36 +141,15 @@ fn events(gen: &Generator, guilds: &[u32], members: u32, n: usize) -> Vec<(&'sta
     out
 }
 
-fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
-    let gen = Generator::new(args.guilds, args.members, 3, 2, 0);
-    eprintln!("cachebench: generating {} guilds x {} members", args.guilds, args.members);
-    let world = world(&gen);
-    let json_bytes: usize = world.iter().flat_map(|(_, c)| c.iter()).map(String::len).sum();
-    println!(
-        "# cachebench: {} guilds x {} members over {SHARDS} shards, {} runs, medians",
-        args.guilds, args.members, args.runs
-    );
-    println!();
-    println!(
-        "GUILD_CREATE JSON from Discord: {} ({} bytes per guild)",
-        mib(json_bytes),
-        json_bytes / args.guilds as usize
-    );
-    println!();
+/// Bytes per entity and GUILD_CREATE serialisation.
+fn tables(world: &[(String, Vec<String>)], args: &Args) {
     println!("| cache | cache bytes | per guild | per member | per channel | per role | load time |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (label, f) in [("members on", flags(true)), ("members off", flags(false)), ("everything", all_flags())] {
         let mut times = Vec::new();
         let mut caches = Vec::new();
         for _ in 0..args.runs {
-            let (c, t) = load(&world, &f);
+            let (c, t) = load(world, &f);
             times.push(t.as_secs_f64());
             caches = c;
         }
@@ -197,7 +181,7 @@ fn main() {
 
     // Serialising one shard's GUILD_CREATEs (what a new client is sent).
     let f = all_flags();
-    let (caches, _) = load(&world, &f);
+    let (caches, _) = load(world, &f);
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..args.runs {
@@ -221,6 +205,35 @@ fn main() {
         per_run as f64 / t / 1e9
     );
     println!();
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let gen = Generator::new(args.guilds, args.members, 3, 2, 0);
+    eprintln!("cachebench: generating {} guilds x {} members", args.guilds, args.members);
+    let world = world(&gen);
+    let json_bytes: usize = world.iter().flat_map(|(_, c)| c.iter()).map(String::len).sum();
+    println!(
+        "# cachebench: {} guilds x {} members over {SHARDS} shards, {} runs, medians",
+        args.guilds, args.members, args.runs
+    );
+    println!();
+    println!(
+        "GUILD_CREATE JSON from Discord: {} ({} bytes per guild)",
+        mib(json_bytes),
+        json_bytes / args.guilds as usize
+    );
+    println!();
+    let f = all_flags();
+    if !args.updates_only {
+        tables(&world, &args);
+    }
 
     // Update cost per event kind.
     let guilds: Vec<u32> = gen.guilds_of_shard(0, SHARDS);
@@ -232,9 +245,10 @@ fn main() {
     kinds.dedup();
     let mut per_kind: Vec<(&str, Vec<f64>)> = kinds.iter().map(|k| (*k, Vec::new())).collect();
     let mut all = Vec::new();
+    let mut loaded = if args.updates_only { Some(load(&world, &f).0) } else { None };
     for _ in 0..args.runs {
-        let (mut caches, _) = load(&world, &f);
-        let cache = &mut caches[0];
+        let mut fresh = if loaded.is_none() { Some(load(&world, &f).0) } else { None };
+        let cache = &mut fresh.as_mut().or(loaded.as_mut()).expect("a cache")[0];
         let mut sums = vec![(0.0f64, 0usize); kinds.len()];
         let t_all = Instant::now();
         for (t, d) in &evs {
