@@ -488,41 +488,52 @@ fn parse_time(s: &[u8]) -> Option<(u8, i64)> {
     let v = if tag == T_TIME6 { secs * 1_000_000 + i64::from(frac) } else { secs };
     // Only what spells back identically (no 31 February).
     let mut back = Vec::with_capacity(32);
-    write_time(tag, v, &mut back);
+    write_time(tag, v, false, &mut back);
     (back == s).then_some((tag, v))
 }
 
-fn write_time(tag: u8, v: i64, out: &mut Vec<u8>) {
+/// "00" to "99".
+const PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
+/// Writes a timestamp, in quotes if `quoted` (one copy into `out`: this is on
+/// the path of every member of every GUILD_CREATE sent).
+fn write_time(tag: u8, v: i64, quoted: bool, out: &mut Vec<u8>) {
     let (secs, micros) = if tag == T_TIME6 { (v.div_euclid(1_000_000), v.rem_euclid(1_000_000)) } else { (v, 0) };
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    let mut buf = [0u8; 32];
-    fn put(buf: &mut [u8; 32], at: usize, width: usize, mut n: i64) {
-        for k in (0..width).rev() {
-            buf[at + k] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    }
-    put(&mut buf, 0, 4, y);
-    put(&mut buf, 5, 2, i64::from(m));
-    put(&mut buf, 8, 2, i64::from(d));
-    put(&mut buf, 11, 2, s / 3600);
-    put(&mut buf, 14, 2, s / 60 % 60);
-    put(&mut buf, 17, 2, s % 60);
-    buf[4] = b'-';
-    buf[7] = b'-';
-    buf[10] = b'T';
-    buf[13] = b':';
-    buf[16] = b':';
+    let s = secs.rem_euclid(86_400) as usize;
+    let y = y.clamp(0, 9999) as usize;
+    let micros = micros as usize;
+    let mut buf = *b"\"0000-00-00T00:00:00.000000+00:00\"";
+    let pair = |buf: &mut [u8; 34], at: usize, n: usize| buf[at..at + 2].copy_from_slice(&PAIRS[n]);
+    pair(&mut buf, 1, y / 100);
+    pair(&mut buf, 3, y % 100);
+    pair(&mut buf, 6, m as usize);
+    pair(&mut buf, 9, d as usize);
+    pair(&mut buf, 12, s / 3600);
+    pair(&mut buf, 15, s / 60 % 60);
+    pair(&mut buf, 18, s % 60);
     let end = if tag == T_TIME6 {
-        buf[19] = b'.';
-        put(&mut buf, 20, 6, micros);
-        26
+        pair(&mut buf, 21, micros / 10_000);
+        pair(&mut buf, 23, micros / 100 % 100);
+        pair(&mut buf, 25, micros % 100);
+        34
     } else {
-        19
+        buf[20..27].copy_from_slice(b"+00:00\"");
+        27
     };
-    buf[end..end + 6].copy_from_slice(b"+00:00");
-    out.extend_from_slice(&buf[..end + 6]);
+    if quoted {
+        out.extend_from_slice(&buf[..end]);
+    } else {
+        out.extend_from_slice(&buf[1..end - 1]);
+    }
 }
 
 /// Turns JSON into the compact form, interning shapes as it goes.
@@ -998,9 +1009,11 @@ impl Shapes {
             T_SNOW => {
                 let v = u64::from_le_bytes(read8(e, *p));
                 *p += 8;
-                out.push(b'"');
-                out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-                out.push(b'"');
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(v).as_bytes();
+                let mut buf = [b'"'; 22];
+                buf[1..=digits.len()].copy_from_slice(digits);
+                out.extend_from_slice(&buf[..digits.len() + 2]);
             }
             T_HEX | T_AHEX => {
                 let mut buf = [0u8; 36];
@@ -1022,9 +1035,7 @@ impl Shapes {
             T_TIME6 | T_TIME0 => {
                 let v = i64::from_le_bytes(read8(e, *p));
                 *p += 8;
-                out.push(b'"');
-                write_time(tag, v, out);
-                out.push(b'"');
+                write_time(tag, v, true, out);
             }
             T_ARR => {
                 out.push(b'[');

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const SHARDS: u32 = 4;
 
 struct Args {
+    /// Only GUILD_CREATE serialisation, `runs` times over one cache (for profiling).
+    snapshot_only: bool,
     /// Only the update-cost table, with the events applied `runs` times to one cache (for profiling).
     updates_only: bool,
     guilds: u32,
@@ -22,7 +24,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { updates_only: false, guilds: 2_000, members: 200, runs: 5 };
+    let mut a = Args { snapshot_only: false, updates_only: false, guilds: 2_000, members: 200, runs: 5 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
@@ -32,9 +34,12 @@ fn parse_args() -> Result<Args, String> {
             "--guilds" => a.guilds = num("--guilds")?.clamp(1, 100_000) as u32,
             "--members" => a.members = num("--members")?.clamp(1, 100_000) as u32,
             "--updates-only" => a.updates_only = true,
+            "--snapshot-only" => a.snapshot_only = true,
             "--runs" => a.runs = num("--runs")?.clamp(1, 100) as usize,
             "-h" | "--help" => {
-                return Err("usage: cachebench [--guilds N] [--members N] [--runs N] [--updates-only]".into())
+                return Err(
+                    "usage: cachebench [--guilds N] [--members N] [--runs N] [--updates-only | --snapshot-only]".into(),
+                )
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -179,7 +184,11 @@ fn tables(world: &[(String, Vec<String>)], args: &Args) {
     }
     println!();
 
-    // Serialising one shard's GUILD_CREATEs (what a new client is sent).
+    serialisation(world, args);
+}
+
+/// Serialising one shard's GUILD_CREATEs (what a new client is sent).
+fn serialisation(world: &[(String, Vec<String>)], args: &Args) {
     let f = all_flags();
     let (caches, _) = load(world, &f);
     let mut times = Vec::new();
@@ -231,6 +240,10 @@ fn main() {
     );
     println!();
     let f = all_flags();
+    if args.snapshot_only {
+        serialisation(&world, &args);
+        return;
+    }
     if !args.updates_only {
         tables(&world, &args);
     }

@@ -741,6 +741,21 @@ async fn cache_rows(args: &Args, binary: &Path, dir: &Path) -> Vec<CacheRow> {
     };
     let shard0_guilds = fake.guild_ids_for_shard(0, SHARDS).len();
     let mut rows = Vec::new();
+    // The fake's own time, measured before the proxies and again after them
+    // (one median of both), so a drift of the machine over the run does
+    // not favour either side.
+    let direct_endpoint = Endpoint { url: fake.gateway_url(), token: fake.token().to_owned(), shards: SHARDS };
+    let mut direct = CacheRow {
+        label: "fake Discord direct (pre-serialised)".into(),
+        rss_kib: None,
+        rss_after_kib: None,
+        hwm_kib: None,
+        snapshot: Vec::new(),
+        snapshot_bytes: 0,
+        load_time: None,
+        error: None,
+    };
+    snapshot_runs(&direct_endpoint, shard0_guilds, args.runs, &mut direct).await;
     for (members, replay_buffer) in [(true, None), (false, None), (true, Some(0)), (false, Some(0))] {
         let mut label = format!("proxy, 2 cores, cache.members {}", if members { "on" } else { "off" });
         if let Some(n) = replay_buffer {
@@ -778,19 +793,8 @@ async fn cache_rows(args: &Args, binary: &Path, dir: &Path) -> Vec<CacheRow> {
         // The next proxy must find every shard free at the fake.
         fake.wait_until(Duration::from_secs(10), |f| (0..SHARDS).all(|s| !f.connected(s))).await;
     }
-    let endpoint = Endpoint { url: fake.gateway_url(), token: fake.token().to_owned(), shards: SHARDS };
-    let mut row = CacheRow {
-        label: "fake Discord direct (pre-serialised)".into(),
-        rss_kib: None,
-        rss_after_kib: None,
-        hwm_kib: None,
-        snapshot: Vec::new(),
-        snapshot_bytes: 0,
-        load_time: None,
-        error: None,
-    };
-    snapshot_runs(&endpoint, shard0_guilds, args.runs, &mut row).await;
-    rows.push(row);
+    snapshot_runs(&direct_endpoint, shard0_guilds, args.runs, &mut direct).await;
+    rows.push(direct);
     fake.shutdown();
     rows
 }
