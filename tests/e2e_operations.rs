@@ -157,4 +157,10 @@ async fn health_ready_and_metrics_tell_the_truth() {
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
     assert!(metrics.contains("gateway_proxy_cache_entities{kind=\"guilds\",shard=\"0\"}"));
+    let cache_bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_proxy_cache_bytes{shard=\"0\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("a cache_bytes gauge for shard 0");
+    assert!(cache_bytes > 0, "shard 0 has guilds cached");
 }

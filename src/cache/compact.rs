@@ -187,7 +187,17 @@ impl Shape {
 const CONSTANTS: [&[u8]; 7] = [b"null", b"true", b"false", b"0", b"\"\"", b"[]", b"{}"];
 
 fn const_len(s: &[u8]) -> Option<usize> {
-    CONSTANTS.iter().find(|c| s.starts_with(c)).map(|c| c.len())
+    let c: &[u8] = match s.first()? {
+        b'n' => b"null",
+        b't' => b"true",
+        b'f' => b"false",
+        b'0' => b"0",
+        b'"' => b"\"\"",
+        b'[' => b"[]",
+        b'{' => b"{}",
+        _ => return None,
+    };
+    s.starts_with(c).then_some(c.len())
 }
 
 /// Length of the constant value starting at `j[i..]`, if it is one (`0`

@@ -149,9 +149,21 @@ impl Entities {
 
     /// Inserts or replaces an entity given in compact form.
     pub fn insert_encoded(&mut self, id: u64, encoded: &[u8]) {
-        let at = self.begin(encoded.len());
-        self.buf().extend_from_slice(encoded);
-        self.finish(id, at);
+        // One uniqueness check for the whole append (it is an atomic operation).
+        let data = Arc::make_mut(&mut self.data);
+        if data.capacity() - data.len() < HEADER + encoded.len() {
+            data.reserve_exact((HEADER + encoded.len()).max(data.len() / 8).max(256));
+        }
+        let at = data.len();
+        data.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        data.extend_from_slice(encoded);
+        if let Some(old) = self.index.insert(id, at as u32) {
+            let old = old as usize;
+            let h = header_at(data, old);
+            data[old..old + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
+            self.dead += HEADER + (h & !DEAD) as usize;
+        }
+        self.maybe_compact();
     }
 
     /// Inserts or replaces an entity from its JSON; `None` (nothing

@@ -470,6 +470,7 @@ impl ShardHub {
             m.cache(kind, n);
         }
         m.cache("unavailable_guilds", cache.missing().count());
+        m.cache_bytes.set(cache.heap_bytes() as i64);
     }
 
     /// Whether session number `num` still exists (connected or resumable).

@@ -41,6 +41,8 @@ usage: cargo run --release -p loadtest -- [options]
 
 /// Shards of every scenario.
 const SHARDS: u32 = 4;
+/// Guilds of the one-shard cache rows (Discord's most per shard).
+pub const BIG_SHARD_GUILDS: u32 = 2_500;
 /// Repetitions of a run during which other processes were busy.
 const MAX_RETRIES: usize = 2;
 /// How long consumers get to stop once told to.
@@ -706,6 +708,7 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
     drop(targets);
 
     let cache_rows = if args.cache_rows { cache_rows(&args, &binary, &dir).await } else { Vec::new() };
+    let big_shard_rows = if args.cache_rows { big_shard_rows(&args, &binary, &dir).await } else { Vec::new() };
     let _ = std::fs::remove_dir_all(&dir);
     let out = report::render(&report::Report {
         machine,
@@ -716,6 +719,7 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
         series,
         memory,
         cache_rows,
+        big_shard_rows,
         cache_guilds: args.cache_guilds,
         cache_members: args.cache_members,
         proxy_logs,
@@ -799,6 +803,51 @@ async fn cache_rows(args: &Args, binary: &Path, dir: &Path) -> Vec<CacheRow> {
     rows
 }
 
+/// Issue 3: READY + every GUILD_CREATE of one shard holding
+/// [`BIG_SHARD_GUILDS`] guilds with members cached, through the proxy and
+/// straight from the fake.
+async fn big_shard_rows(args: &Args, binary: &Path, dir: &Path) -> Vec<CacheRow> {
+    let guilds = if args.quick { BIG_SHARD_GUILDS / 10 } else { BIG_SHARD_GUILDS };
+    eprintln!("loadtest: cache rows: one shard of {guilds} guilds x {} members", args.cache_members);
+    let config = FakeConfig {
+        shards: 1,
+        guilds,
+        members_per_guild: args.cache_members,
+        max_concurrency: 1,
+        ..FakeConfig::default()
+    };
+    let fake = match FakeDiscord::start(config).await {
+        Ok(f) => f,
+        Err(e) => return vec![CacheRow::error("fake", format!("starting the fake: {e}"))],
+    };
+    let direct_endpoint = Endpoint { url: fake.gateway_url(), token: fake.token().to_owned(), shards: 1 };
+    let mut direct = CacheRow::empty("fake Discord direct (pre-serialised)");
+    snapshot_runs(&direct_endpoint, guilds as usize, args.runs, &mut direct).await;
+    let label = "proxy, 2 cores, 1 shard, cache.members on";
+    let settings = ProxySettings { cores: 2, shards: 1, members: true, replay_buffer: None, backpressure: None };
+    let t0 = Instant::now();
+    let mut rows = Vec::new();
+    match loaded_proxy(label, binary, dir, &fake, settings).await {
+        Ok((p, loaded)) => {
+            let mut row = CacheRow::empty(label);
+            row.rss_kib = Some(p.rss_kib());
+            row.load_time = Some(loaded.duration_since(t0));
+            let endpoint = Endpoint { url: p.url(), token: fake.token().to_owned(), shards: 1 };
+            snapshot_runs(&endpoint, guilds as usize, args.runs, &mut row).await;
+            row.rss_after_kib = Some(p.rss_kib());
+            row.hwm_kib = Some(p.hwm_kib());
+            rows.push(row);
+            drop(p);
+            fake.wait_until(Duration::from_secs(10), |f| !f.connected(0)).await;
+        }
+        Err(e) => rows.push(CacheRow::error(label, e)),
+    }
+    snapshot_runs(&direct_endpoint, guilds as usize, args.runs, &mut direct).await;
+    rows.push(direct);
+    fake.shutdown();
+    rows
+}
+
 /// Starts a proxy against `fake` and waits until it has taken in every
 /// shard's READY and GUILD_CREATEs without any client: every shard
 /// connected, the fake's session at READY + one GUILD_CREATE per guild, then
@@ -811,10 +860,11 @@ async fn loaded_proxy(
     fake: &FakeDiscord,
     settings: ProxySettings,
 ) -> Result<(Proxy, Instant), String> {
+    let shards = settings.shards;
     let proxy = Proxy::start(binary, dir, settings, &fake.api_url(), &fake.gateway_url(), fake.token())?;
     let queued = |f: &FakeDiscord| {
-        (0..SHARDS).all(|s| {
-            let guilds = f.guild_ids_for_shard(s, SHARDS).len() as u64;
+        (0..shards).all(|s| {
+            let guilds = f.guild_ids_for_shard(s, shards).len() as u64;
             f.connected(s) && f.last_seq(s).is_some_and(|seq| seq > guilds)
         })
     };
@@ -845,6 +895,19 @@ async fn loaded_proxy(
 }
 
 impl CacheRow {
+    fn empty(label: &str) -> CacheRow {
+        CacheRow {
+            label: label.to_owned(),
+            rss_kib: None,
+            rss_after_kib: None,
+            hwm_kib: None,
+            snapshot: Vec::new(),
+            snapshot_bytes: 0,
+            load_time: None,
+            error: None,
+        }
+    }
+
     fn error(label: &str, e: String) -> CacheRow {
         CacheRow {
             label: label.to_owned(),
