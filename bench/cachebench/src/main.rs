@@ -125,9 +125,9 @@ fn events(gen: &Generator, guilds: &[u32], members: u32, n: usize) -> Vec<(&'sta
         out.push(("GUILD_MEMBER_UPDATE", member.to_string()));
         let mut p = gen.presence(i, m);
         p["guild_id"] = json!(gid);
-        p["status"] = json!(if k % 2 == 0 { "idle" } else { "dnd" });
+        p["status"] = json!(if k.is_multiple_of(2) { "idle" } else { "dnd" });
         out.push(("PRESENCE_UPDATE", p.to_string()));
-        let channel = if k % 2 == 0 { Some(gen.voice_channel_id(i)) } else { None };
+        let channel = if k.is_multiple_of(2) { Some(gen.voice_channel_id(i)) } else { None };
         out.push(("VOICE_STATE_UPDATE", gen.voice_state(i, m, channel, "abcdef", true).to_string()));
         let mut channel = gen.channels(i).swap_remove(1);
         channel["guild_id"] = json!(gid);
@@ -171,7 +171,7 @@ fn tables(world: &[(String, Vec<String>)], args: &Args) {
                 r_n += g.roles.len();
             }
         }
-        let per = |b: usize, n: usize| if n == 0 { "-".to_owned() } else { format!("{} B", b / n) };
+        let per = |b: usize, n: usize| b.checked_div(n).map_or_else(|| "-".to_owned(), |v| format!("{v} B"));
         println!(
             "| {label} | {} | {} | {} | {} | {} | {:.0} ms |",
             mib(total),
