@@ -243,6 +243,40 @@ async fn a_slow_client_is_closed_resumably_and_catches_up_while_others_are_unaff
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_behind_for_a_moment_in_a_burst_is_waited_for_not_closed() {
+    // 2,000 messages of about 2.5 KB: far more than the socket buffers hold,
+    // so the client's queue passes `backpressure` within its 100 ms nap
+    // unless the shard stops reading from Discord while it catches up.
+    let (fake, proxy) = setup(1, 1, json!({"backpressure": 300})).await;
+    let mut late = Client::connect_with_buffer(&proxy.url(), "/?v=10&encoding=json", Some(4096)).await;
+    let ready = late.identify_and_load(fake.token(), 0, 1).await;
+    let mut last_seq = 1 + ready["d"]["guilds"].as_array().unwrap().len() as u64;
+    let total = 2000u64;
+    let guild = fake.guild_ids_for_shard(0, 1)[0];
+    let padding = "x".repeat(2500);
+    for n in 1..=total {
+        let mut m = message(guild, fake.first_channel_id(guild), n, &format!("m{n}"));
+        m["embeds"] = json!([{ "description": padding }]);
+        fake.inject(0, "MESSAGE_CREATE", m).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut got = Vec::new();
+    while got.len() < total as usize {
+        match late.recv().await {
+            Received::Payload(v) if v["op"] == 0 => {
+                assert_eq!(v["s"], last_seq + 1, "seq +1");
+                last_seq += 1;
+                got.push(content_n(&v));
+            }
+            Received::Payload(_) => {}
+            other => panic!("the client was cut after {} of {total}: {other:?}", got.len()),
+        }
+    }
+    assert_eq!(got, (1..=total).collect::<Vec<_>>());
+    assert!(proxy.log_lines("fell behind").is_empty(), "nobody was closed for lag");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_chunks_go_only_to_the_client_that_asked_with_its_nonce() {
     let (fake, proxy) = setup(1, 2, json!({})).await;
     let guild = fake.guild_ids_for_shard(0, 1)[0].to_string();

@@ -344,6 +344,11 @@ impl ShardHub {
         self.deepest_queue.replace(0)
     }
 
+    /// The deepest subscriber queue right now.
+    pub fn deepest_queue_now(&self) -> usize {
+        self.subscribers.borrow().iter().map(|s| s.queue.len()).max().unwrap_or(0)
+    }
+
     /// Removes a subscriber.
     pub fn unsubscribe(&self, id: u64) {
         self.subscribers.borrow_mut().retain(|s| s.id != id);

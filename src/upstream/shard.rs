@@ -33,6 +33,9 @@ use tungstenite::{
 
 /// Payloads relayed between two voluntary yields of the shard task.
 const YIELD_EVERY: u64 = 64;
+/// Longest the shard stops reading from Discord to let a client that fell
+/// behind catch up (see [`wait_for_writers`]).
+const PAUSE_BUDGET: Duration = Duration::from_millis(250);
 /// Longest wait for Hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 /// Commands kept for Discord while it is unreachable; beyond this the oldest are dropped with a warning.
@@ -187,6 +190,10 @@ async fn connect_once(
     }
 
     let yield_depth = (shared.config.backpressure / 8).max(1);
+    let pause_depth = (shared.config.backpressure / 2).max(1);
+    // Cleared when a pause did not let the slowest client catch up: it is
+    // then left to reach `backpressure` and be closed, not waited for again.
+    let mut may_pause = true;
     let mut relayed: u64 = 0;
     let mut next_heartbeat = Instant::now() + interval.mul_f64(fastrand::f64());
     let mut acked = true;
@@ -253,7 +260,16 @@ async fn connect_once(
                 // queue builds up (and regularly anyway), so fast clients keep
                 // up instead of being closed for lagging.
                 relayed += 1;
-                if hub.take_deepest_queue() > yield_depth || relayed.is_multiple_of(YIELD_EVERY) {
+                let deepest = hub.take_deepest_queue();
+                if deepest >= pause_depth && may_pause {
+                    may_pause = wait_for_writers(hub, pause_depth / 2, PAUSE_BUDGET).await;
+                    if !may_pause {
+                        log::debug!("[shard {}] a client stayed {pause_depth}+ behind; reading on", hub.id);
+                    }
+                } else if deepest > yield_depth || relayed.is_multiple_of(YIELD_EVERY) {
+                    if deepest <= pause_depth / 2 {
+                        may_pause = true;
+                    }
                     futures_lite::future::yield_now().await;
                 }
                 // One copy out of the reader's buffer (see `Dispatch`).
@@ -294,6 +310,26 @@ async fn connect_once(
                 return reconnect_outcome(hub);
             }
         }
+    }
+}
+
+/// Stops reading from Discord until every client queue of the shard is at
+/// most `target` deep, for at most `budget`. A burst then reaches clients
+/// that are fast but momentarily behind (Discord's side of the socket holds
+/// the rest) instead of closing them for lag; a client that does not catch
+/// up in time is left to the `backpressure` limit. Returns whether the
+/// queues drained.
+async fn wait_for_writers(hub: &ShardHub, target: usize, budget: Duration) -> bool {
+    let until = Instant::now() + budget;
+    loop {
+        futures_lite::future::yield_now().await;
+        if hub.deepest_queue_now() <= target {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_micros(500)).await;
     }
 }
 

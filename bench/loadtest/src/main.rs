@@ -33,6 +33,8 @@ usage: cargo run --release -p loadtest -- [options]
   --latency-events N events per latency run at 1000/s (default 10000)
   --no-cache-rows    skip the issue-3 rows (2,000 guilds x 200 members)
   --cache-only       only the issue-3 rows
+  --latency-only     only the latency runs (for profiling)
+  --burst-only       only the 1 KB plain burst with one client per shard (for profiling)
   --cache-guilds N   guilds of the issue-3 rows (default 2000)
   --proxy PATH       proxy binary to test (default target/release/gateway-proxy)
   --no-build         do not run `cargo build --release -p gateway-proxy` first
@@ -60,6 +62,8 @@ struct Args {
     latency_events: u64,
     cache_rows: bool,
     cache_only: bool,
+    latency_only: bool,
+    burst_only: bool,
     cache_guilds: u32,
     cache_members: u32,
     proxy: Option<PathBuf>,
@@ -74,6 +78,8 @@ fn parse_args() -> Result<Args, String> {
         latency_events: 10_000,
         cache_rows: true,
         cache_only: false,
+        latency_only: false,
+        burst_only: false,
         cache_guilds: 2_000,
         cache_members: 200,
         proxy: None,
@@ -92,6 +98,14 @@ fn parse_args() -> Result<Args, String> {
             "--latency-events" => lat = Some(num("--latency-events")?.clamp(SHARDS.into(), 1_000_000)),
             "--no-cache-rows" => a.cache_rows = false,
             "--cache-only" => a.cache_only = true,
+            "--burst-only" => {
+                a.burst_only = true;
+                a.cache_rows = false;
+            }
+            "--latency-only" => {
+                a.latency_only = true;
+                a.cache_rows = false;
+            }
             "--cache-guilds" => guilds = Some(num("--cache-guilds")?.clamp(1, 20_000) as u32),
             "--no-build" => a.build = false,
             "--proxy" => {
@@ -628,6 +642,10 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
 
     let scenarios: &[Scenario] = if args.cache_only {
         &[]
+    } else if args.latency_only {
+        &[Scenario::Latency]
+    } else if args.burst_only {
+        &[Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Messages }]
     } else {
         &[
             Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Messages },

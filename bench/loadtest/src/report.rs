@@ -262,7 +262,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "         `proxy, N cores` run with backpressure {} (no client is closed for lag, so rate and CPU are for \
-         complete deliveries); `default backpressure` (10,000) is the loss check",
+         complete deliveries); `default backpressure` (4,000) is the loss check",
         thousands(crate::RAISED_BACKPRESSURE as f64)
     );
     let _ = writeln!(
