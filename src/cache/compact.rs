@@ -1424,4 +1424,165 @@ mod tests {
             assert_eq!(out, [1]);
         }
     }
+
+    /// A random JSON value shaped like Discord's: objects reusing a few key
+    /// sets, snowflakes, hashes, timestamps, escapes, odd numbers.
+    fn random_json(rng: &mut fastrand::Rng, depth: u32, out: &mut String) {
+        const KEYS: [&str; 12] =
+            ["id", "name", "user", "roles", "nick", "avatar", "joined_at", "flags", "a\\\"q", "b\\\\", "", "x y"];
+        let pick = rng.u32(0..if depth > 3 { 9 } else { 12 });
+        match pick {
+            0 => out.push_str(["null", "true", "false"][rng.usize(0..3)]),
+            1 => out.push_str(
+                &["0", "1", "-1", "0.5", "1e3", "-0", "1.25E-7", "18446744073709551615", "18446744073709551616"]
+                    [rng.usize(0..9)],
+            ),
+            2 => out.push_str(&rng.u64(..).to_string()),
+            3 => out.push_str(&format!("\"{}\"", rng.u64(..))),
+            4 => {
+                let hex: String = (0..32).map(|_| b"0123456789abcdef"[rng.usize(0..16)] as char).collect();
+                out.push_str(&format!("\"{}{hex}\"", if rng.bool() { "a_" } else { "" }));
+            }
+            5 => {
+                let t = format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                    rng.u32(0..10000),
+                    rng.u32(0..14),
+                    rng.u32(0..33),
+                    rng.u32(0..25),
+                    rng.u32(0..61),
+                    rng.u32(0..61)
+                );
+                let tail =
+                    ["+00:00", ".000000+00:00", &format!(".{:06}+00:00", rng.u32(0..1_000_000)), "Z", ".123+00:00"]
+                        [rng.usize(0..5)]
+                    .to_owned();
+                out.push_str(&format!("\"{t}{tail}\""));
+            }
+            6 => {
+                let pieces = ["a", "é", "\\n", "\\\"", "\\\\", "\\u00e9", "\\/", "0", "00", "x", "𝄞", " "];
+                out.push('"');
+                for _ in 0..rng.usize(0..12) {
+                    out.push_str(pieces[rng.usize(0..pieces.len())]);
+                }
+                out.push('"');
+            }
+            7 | 8 => out.push_str(["\"\"", "[]", "{}"][rng.usize(0..3)]),
+            9 => {
+                out.push('[');
+                for i in 0..rng.usize(0..5) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    random_json(rng, depth + 1, out);
+                }
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                let set = rng.usize(0..3);
+                let n = rng.usize(0..6);
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let key = KEYS[(set * 4 + i) % KEYS.len()];
+                    out.push_str(&format!("\"{key}\":"));
+                    random_json(rng, depth + 1, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// Adds whitespace between tokens (outside strings).
+    fn spaced(json: &str, rng: &mut fastrand::Rng) -> String {
+        let mut out = String::new();
+        let mut in_str = false;
+        let mut escaped = false;
+        for c in json.chars() {
+            if !in_str && matches!(c, '{' | '}' | '[' | ']' | ',' | ':') && rng.bool() {
+                out.push_str([" ", "\n", "\t", "\r\n  "][rng.usize(0..4)]);
+            }
+            out.push(c);
+            if in_str {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_str = false;
+                }
+            } else if c == '"' {
+                in_str = true;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn random_documents_round_trip_exactly() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let mut shapes = Shapes::default();
+        for case in 0..20_000 {
+            let mut json = String::new();
+            random_json(&mut rng, 0, &mut json);
+            let parsed: serde_json::Value = serde_json::from_str(&json).expect("generator makes JSON");
+            let mut enc = Vec::new();
+            Encoder::new(&mut shapes).encode(json.as_bytes(), &mut enc).unwrap_or_else(|| panic!("refused {json}"));
+            assert_eq!(shapes.to_json(&enc), json, "case {case}");
+            // With whitespace: the same meaning, written compactly.
+            let loose = spaced(&json, &mut rng);
+            let mut enc = Vec::new();
+            Encoder::new(&mut shapes).encode(loose.as_bytes(), &mut enc).unwrap_or_else(|| panic!("refused {loose}"));
+            let back = shapes.to_json(&enc);
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&back).unwrap(), parsed, "case {case}: {loose}");
+            // Top-level members dropped on the way in.
+            if let serde_json::Value::Object(map) = &parsed {
+                let mut out = Vec::new();
+                let [id, name] =
+                    Encoder::new(&mut shapes).encode_without(loose.as_bytes(), [b"id", b"name"], &mut out).unwrap();
+                let rest: serde_json::Value = serde_json::from_str(&shapes.to_json(&out)).unwrap();
+                let mut want = map.clone();
+                let want_id = want.remove("id");
+                let want_name = want.remove("name");
+                assert_eq!(rest, serde_json::Value::Object(want), "case {case}");
+                let raw = |r: Option<&[u8]>| r.map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap());
+                assert_eq!((raw(id), raw(name)), (want_id, want_name), "case {case}");
+            }
+            // Merging another object into it: its members replace or follow ours, `x y` dropped.
+            if let serde_json::Value::Object(map) = &parsed {
+                let mut update = String::new();
+                while !update.starts_with('{') {
+                    update.clear();
+                    random_json(&mut rng, 3, &mut update);
+                }
+                let members = object_members(update.as_bytes()).unwrap();
+                let pairs: Vec<(&[u8], Option<&[u8]>)> = members.iter().map(|&(k, v)| (k, Some(v))).collect();
+                let mut old = Vec::new();
+                Encoder::new(&mut shapes).encode(json.as_bytes(), &mut old).unwrap();
+                let merged = shapes.merge(&old, &pairs, &[b"x y"]).unwrap();
+                let got: serde_json::Value = serde_json::from_str(&shapes.to_json(&merged)).unwrap();
+                let mut want = map.clone();
+                if let serde_json::Value::Object(u) = serde_json::from_str(&update).unwrap() {
+                    want.extend(u);
+                }
+                want.remove("x y");
+                assert_eq!(got, serde_json::Value::Object(want), "case {case}: {json} + {update}");
+            }
+            // Truncated documents are refused, never half-stored.
+            if json.len() > 1 {
+                let cut = rng.usize(1..json.len());
+                if json.is_char_boundary(cut) && serde_json::from_str::<serde_json::Value>(&json[..cut]).is_err() {
+                    let mut out = vec![7];
+                    assert!(
+                        Encoder::new(&mut shapes).encode(json[..cut].as_bytes(), &mut out).is_none(),
+                        "{}",
+                        &json[..cut]
+                    );
+                    assert_eq!(out, [7]);
+                }
+            }
+        }
+    }
 }
