@@ -1434,7 +1434,7 @@ mod tests {
         match pick {
             0 => out.push_str(["null", "true", "false"][rng.usize(0..3)]),
             1 => out.push_str(
-                &["0", "1", "-1", "0.5", "1e3", "-0", "1.25E-7", "18446744073709551615", "18446744073709551616"]
+                ["0", "1", "-1", "0.5", "1e3", "-0", "1.25E-7", "18446744073709551615", "18446744073709551616"]
                     [rng.usize(0..9)],
             ),
             2 => out.push_str(&rng.u64(..).to_string()),
@@ -1576,7 +1576,7 @@ mod tests {
                 if json.is_char_boundary(cut) && serde_json::from_str::<serde_json::Value>(&json[..cut]).is_err() {
                     let mut out = vec![7];
                     assert!(
-                        Encoder::new(&mut shapes).encode(json[..cut].as_bytes(), &mut out).is_none(),
+                        Encoder::new(&mut shapes).encode(&json.as_bytes()[..cut], &mut out).is_none(),
                         "{}",
                         &json[..cut]
                     );
