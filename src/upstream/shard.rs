@@ -410,15 +410,19 @@ fn handle_payload(hub: &Rc<ShardHub>, payload: bytes::Bytes, backoff: &mut Backo
             }
             let Some(t) = fields.event_name(text) else { return Step::Continue };
             // Events that are parsed need `d` exactly: scan them in full.
+            // The others are relayed as they are, `d` never looked at.
+            let parsed = is_cache_event(t) || is_routed_event(t);
             let exact;
-            let fields = if is_cache_event(t) || is_routed_event(t) {
+            let fields = if parsed {
                 exact = scan::scan(text).unwrap_or_else(|_| fields.clone());
                 &exact
             } else {
                 &fields
             };
-            let d = fields.d.clone().map(|r| &text[r]).unwrap_or(b"null");
-            let d = std::str::from_utf8(d).unwrap_or("null");
+            let d = match (parsed, fields.d.clone()) {
+                (true, Some(r)) => std::str::from_utf8(&text[r]).unwrap_or("null"),
+                _ => "null",
+            };
             match t {
                 b"READY" => {
                     if let Ok(ready) = serde_json::from_str::<ReadySession>(d) {
