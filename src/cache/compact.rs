@@ -200,6 +200,19 @@ fn const_len(s: &[u8]) -> Option<usize> {
     s.starts_with(c).then_some(c.len())
 }
 
+/// Appends a shape constant as a variable value.
+fn push_constant(c: &[u8], out: &mut Vec<u8>) {
+    match c {
+        b"null" => out.push(T_NULL),
+        b"true" => out.push(T_TRUE),
+        b"false" => out.push(T_FALSE),
+        b"0" => out.extend_from_slice(&[T_UINT, 0]),
+        b"[]" => out.extend_from_slice(&[T_ARR, T_END]),
+        b"{}" => out.extend_from_slice(&[T_IOBJ, T_END]),
+        _ => out.extend_from_slice(&[T_STR, 0]),
+    }
+}
+
 /// Length of the constant value starting at `j[i..]`, if it is one (`0`
 /// only when the number ends there).
 fn constant_at(j: &[u8], i: usize) -> Option<usize> {
@@ -676,11 +689,11 @@ impl<'a> Encoder<'a> {
             out.extend_from_slice(key);
             match value {
                 Value::Json(v) => {
-                    self.value(v, 0, out, depth + 1)?;
+                    if self.value(v, 0, out, depth + 1)? != v.len() {
+                        return None;
+                    }
                 }
-                Value::Const(c) => {
-                    self.value(c, 0, out, depth + 1)?;
-                }
+                Value::Const(c) => push_constant(c, out),
                 Value::Encoded(e) => out.extend_from_slice(e),
             }
         }
@@ -776,9 +789,13 @@ impl<'a> Encoder<'a> {
             out[start + 1..start + 3].copy_from_slice(&id.to_le_bytes());
             return Some(end);
         }
-        // A key the signature cannot hold, or the shape table is full: keys inline.
+        // A key the signature cannot hold, or the shape table is full: keys
+        // inline, around the values already encoded (encoding them again at
+        // every level would cost 2^depth).
+        let values = out.split_off(start + 3);
         out.truncate(start);
-        self.inline_json(j, p, out, depth)
+        self.inline_from_encoded(j, p, &values, out)?;
+        Some(end)
     }
 
     /// The members of the object at `j[p..]`: values into `out`, keys and
@@ -875,40 +892,47 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    /// Encodes the object at `j[p..]` with its keys inline.
-    fn inline_json(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+    /// Writes the object at `j[p..]` with its keys inline, taking its
+    /// variable values, in order, from `values` (already encoded).
+    fn inline_from_encoded(&self, j: &[u8], p: usize, values: &[u8], out: &mut Vec<u8>) -> Option<()> {
         out.push(T_IOBJ);
         let mut i = skip_ws(j, p + 1);
-        if j.get(i) == Some(&b'}') {
-            out.push(T_END);
-            return Some(i + 1);
-        }
-        loop {
-            if j.get(i) != Some(&b'"') {
-                return None;
-            }
-            let key_end = string_end(j, i)?;
-            let key = &j[i + 1..key_end - 1];
-            put_varint(out, key.len() as u64);
-            out.extend_from_slice(key);
-            i = skip_ws(j, key_end);
-            if j.get(i) != Some(&b':') {
-                return None;
-            }
-            i = skip_ws(j, self.value(j, skip_ws(j, i + 1), out, depth + 1)?);
-            match j.get(i) {
-                Some(b',') => i = skip_ws(j, i + 1),
-                Some(b'}') => {
-                    out.push(T_END);
-                    return Some(i + 1);
+        let mut v = 0;
+        if j.get(i) != Some(&b'}') {
+            loop {
+                let key_end = string_end(j, i)?;
+                let key = &j[i + 1..key_end - 1];
+                put_varint(out, key.len() as u64);
+                out.extend_from_slice(key);
+                i = skip_ws(j, skip_ws(j, key_end) + 1);
+                let end = match constant_at(j, i) {
+                    Some(len) => {
+                        push_constant(&j[i..i + len], out);
+                        i + len
+                    }
+                    None => {
+                        let s = v;
+                        self.shapes.skip(values, &mut v);
+                        out.extend_from_slice(&values[s..v]);
+                        value_end(j, i, 1)?
+                    }
+                };
+                i = skip_ws(j, end);
+                if j.get(i) != Some(&b',') {
+                    break;
                 }
-                _ => return None,
+                i = skip_ws(j, i + 1);
             }
         }
+        out.push(T_END);
+        Some(())
     }
 
     /// Encodes the value at `j[p..]` (no leading whitespace); returns where it ends.
     fn value(&mut self, j: &[u8], p: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
         match *j.get(p)? {
             b'"' => {
                 let end = string_end(j, p)?;
@@ -1583,6 +1607,46 @@ mod tests {
                     assert_eq!(out, [7]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn hostile_nesting_is_linear_or_refused() {
+        let mut shapes = Shapes::default();
+        // Keys that force inline objects at every level: each level encoded once.
+        let mut json = String::from("1");
+        for _ in 0..60 {
+            json = format!(r#"{{"\\":{json},"k":[1,{{"a\"b":null}}]}}"#);
+        }
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        Encoder::new(&mut shapes).encode(json.as_bytes(), &mut out).expect("60 levels are accepted");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert_eq!(shapes.to_json(&out), json);
+        // Deeper than the limit, as arrays or objects: refused, no stack overflow.
+        for deep in ["[".repeat(100_000) + &"]".repeat(100_000), "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000)]
+        {
+            let mut out = Vec::new();
+            assert!(Encoder::new(&mut shapes).encode(deep.as_bytes(), &mut out).is_none());
+            let doc = format!(r#"{{"guild_id":"1","x":{deep}}}"#);
+            assert!(Encoder::new(&mut shapes).encode_without(doc.as_bytes(), [b"guild_id"], &mut out).is_none());
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_documents_round_trip_with_a_full_shape_table() {
+        let mut shapes = Shapes::default();
+        for i in 0..MAX_SHAPES {
+            Encoder::new(&mut shapes).encode(format!("{{\"k{i}\":1}}").as_bytes(), &mut Vec::new()).unwrap();
+        }
+        let mut rng = fastrand::Rng::with_seed(7);
+        for case in 0..3_000 {
+            let mut json = String::new();
+            random_json(&mut rng, 0, &mut json);
+            let mut enc = Vec::new();
+            Encoder::new(&mut shapes).encode(json.as_bytes(), &mut enc).unwrap();
+            assert_eq!(shapes.to_json(&enc), json, "case {case}");
         }
     }
 }

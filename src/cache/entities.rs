@@ -104,9 +104,11 @@ impl Entities {
     /// Grows by about an eighth when full, not double: collections are
     /// loaded whole (then trimmed) and change a little at a time.
     fn reserve(&mut self, extra: usize) {
-        if self.data.capacity() - self.data.len() < extra {
-            let grow = extra.max(self.data.len() / 8).max(256);
-            self.buf().reserve_exact(grow);
+        // Unshared first: a copy made later would have exactly its length.
+        let data = self.buf();
+        if data.capacity() - data.len() < extra {
+            let grow = extra.max(data.len() / 8).max(256);
+            data.reserve_exact(grow);
         }
     }
 
