@@ -195,6 +195,7 @@ async fn connect_once(
     // then left to reach `backpressure` and be closed, not waited for again.
     let mut may_pause = true;
     let mut relayed: u64 = 0;
+    let mut arena = PayloadArena::default();
     let mut next_heartbeat = Instant::now() + interval.mul_f64(fastrand::f64());
     let mut acked = true;
     let mut heartbeat_sent_at: Option<Instant> = None;
@@ -273,7 +274,7 @@ async fn connect_once(
                     futures_lite::future::yield_now().await;
                 }
                 // One copy out of the reader's buffer (see `Dispatch`).
-                match handle_payload(hub, bytes::Bytes::copy_from_slice(text.as_bytes()), backoff) {
+                match handle_payload(hub, arena.copy(text.as_bytes()), backoff) {
                     Step::Continue => {}
                     Step::HeartbeatNow => {
                         if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
@@ -310,6 +311,27 @@ async fn connect_once(
                 return reconnect_outcome(hub);
             }
         }
+    }
+}
+
+/// Copies payloads out of the websocket reader into shared chunks: one
+/// allocation per chunk instead of one per dispatch (the reader's own buffer
+/// is not kept, see `Dispatch`). A chunk lives while any dispatch in it is
+/// retained (replay buffer, client queues); consecutive dispatches share it.
+#[derive(Default)]
+struct PayloadArena {
+    chunk: bytes::BytesMut,
+}
+
+impl PayloadArena {
+    const CHUNK: usize = 64 * 1024;
+
+    fn copy(&mut self, payload: &[u8]) -> bytes::Bytes {
+        if self.chunk.capacity() < payload.len() {
+            self.chunk = bytes::BytesMut::with_capacity(Self::CHUNK.max(payload.len()));
+        }
+        self.chunk.extend_from_slice(payload);
+        self.chunk.split().freeze()
     }
 }
 
