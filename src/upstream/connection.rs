@@ -1,9 +1,8 @@
 //! Opening a gateway websocket: DNS on glommio's blocking pool (never on the
 //! executor), TCP on glommio's io_uring sockets, TLS with rustls when the
-//! URL is `wss`, and the websocket handshake with async-tungstenite.
+//! URL is `wss`, and the websocket handshake (`websocket.rs`).
 
 use super::url::Endpoint;
-use async_tungstenite::WebSocketStream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_rustls::{client::TlsStream, TlsConnector};
 use glommio::net::TcpStream;
@@ -57,8 +56,7 @@ impl AsyncWrite for GatewayStream {
     }
 }
 
-/// An open gateway websocket.
-pub type GatewaySocket = WebSocketStream<GatewayStream>;
+pub use super::websocket::GatewaySocket;
 
 /// Resolves a host off the executor thread (IP literals need no lookup).
 pub async fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
@@ -93,10 +91,7 @@ pub async fn connect(url: &str) -> io::Result<GatewaySocket> {
         } else {
             GatewayStream::Plain(tcp)
         };
-        let scheme = if endpoint.tls { "wss" } else { "ws" };
-        let request = format!("{scheme}://{}{}", endpoint.host_header(), endpoint.path);
-        let (ws, _) = async_tungstenite::client_async(request, stream).await.map_err(io::Error::other)?;
-        Ok(ws)
+        Ok(GatewaySocket::handshake(stream, &endpoint.host_header(), &endpoint.path).await?)
     })
     .await
     .map_err(|e| match e {

@@ -8,3 +8,4 @@ pub mod ratelimit;
 pub mod shard;
 pub mod tls;
 pub mod url;
+pub mod websocket;

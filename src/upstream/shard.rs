@@ -3,6 +3,7 @@
 //! and client commands until the connection ends; the close code decides
 //! whether to resume, identify again, or stop for good.
 
+use super::websocket::Incoming;
 use super::{
     connection::{self, GatewaySocket},
     ratelimit::SendLimiter,
@@ -17,7 +18,7 @@ use crate::{
     },
     runtime::Shared,
 };
-use futures_lite::{future, StreamExt};
+use futures_lite::future;
 use glommio::channels::local_channel::LocalReceiver;
 use serde::Deserialize;
 use std::{
@@ -25,10 +26,6 @@ use std::{
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
-};
-use tungstenite::{
-    protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame},
-    Message,
 };
 
 /// Payloads relayed between two voluntary yields of the shard task.
@@ -121,8 +118,8 @@ struct ReadySession {
     resume_gateway_url: String,
 }
 
-enum Wake {
-    Message(Option<Result<Message, tungstenite::Error>>),
+enum Wake<'a> {
+    Message(std::io::Result<Option<Incoming<'a>>>),
     Command(Option<UpstreamCommand>),
     Timer,
 }
@@ -185,7 +182,7 @@ async fn connect_once(
         }
     };
     limiter.record(Instant::now());
-    if ws.send(Message::text(first.to_string())).await.is_err() {
+    if ws.send_text(&first.to_string()).await.is_err() {
         return Outcome::ConnectFailed;
     }
 
@@ -208,7 +205,7 @@ async fn connect_once(
             }
             let text = String::from_utf8_lossy(cmd).into_owned();
             pending.pop_front();
-            if ws.send(Message::text(text)).await.is_err() {
+            if ws.send_text(&text).await.is_err() {
                 return reconnect_outcome(hub);
             }
         }
@@ -255,7 +252,7 @@ async fn connect_once(
                     next_heartbeat = Instant::now() + interval;
                 }
             }
-            Wake::Message(Some(Ok(Message::Text(text)))) => {
+            Wake::Message(Ok(Some(Incoming::Text(text)))) => {
                 // A burst from Discord is always readable, so this loop would
                 // never yield on its own: give client writers the core when a
                 // queue builds up (and regularly anyway), so fast clients keep
@@ -274,7 +271,8 @@ async fn connect_once(
                     futures_lite::future::yield_now().await;
                 }
                 // One copy out of the reader's buffer (see `Dispatch`).
-                match handle_payload(hub, arena.copy(text.as_bytes()), backoff) {
+                let payload = arena.copy(text.as_bytes());
+                match handle_payload(hub, payload, backoff) {
                     Step::Continue => {}
                     Step::HeartbeatNow => {
                         if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
@@ -293,20 +291,18 @@ async fn connect_once(
                     }
                 }
             }
-            Wake::Message(Some(Ok(Message::Close(frame)))) => {
-                let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+            Wake::Message(Ok(Some(Incoming::Close(code, _)))) => {
                 log::warn!("[shard {}] Discord closed the connection with code {code}", hub.id);
                 return outcome_for_close(hub.id, code, hub.session().is_some());
             }
-            Wake::Message(Some(Ok(Message::Binary(_)))) => {
+            Wake::Message(Ok(Some(Incoming::Binary))) => {
                 log::warn!("[shard {}] unexpected binary frame from Discord ignored", hub.id);
             }
-            Wake::Message(Some(Ok(_))) => {}
-            Wake::Message(Some(Err(e))) => {
+            Wake::Message(Err(e)) => {
                 log::warn!("[shard {}] connection error: {e}", hub.id);
                 return reconnect_outcome(hub);
             }
-            Wake::Message(None) => {
+            Wake::Message(Ok(None)) => {
                 log::warn!("[shard {}] connection closed without a close frame", hub.id);
                 return reconnect_outcome(hub);
             }
@@ -369,15 +365,15 @@ async fn wait_hello(ws: &mut GatewaySocket) -> HelloResult {
     }
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) => match serde_json::from_str::<Payload>(&text) {
+            Ok(Some(Incoming::Text(text))) => match serde_json::from_str::<Payload>(text) {
                 Ok(Payload { op: op::HELLO, d: Some(hello) }) => {
                     return HelloResult::Interval(Duration::from_millis(hello.heartbeat_interval.max(100)))
                 }
                 Ok(_) => {}
                 Err(_) => return HelloResult::Failed,
             },
-            Some(Ok(Message::Close(frame))) => return HelloResult::Closed(frame.map_or(1005, |f| u16::from(f.code))),
-            Some(Ok(_)) => {}
+            Ok(Some(Incoming::Close(code, _))) => return HelloResult::Closed(code),
+            Ok(Some(Incoming::Binary)) => {}
             _ => return HelloResult::Failed,
         }
     }
@@ -541,14 +537,13 @@ async fn send_heartbeat(hub: &ShardHub, ws: &mut GatewaySocket, limiter: &mut Se
         None => "{\"op\":1,\"d\":null}".to_owned(),
     };
     limiter.record(Instant::now());
-    ws.send(Message::text(payload)).await.map_err(|_| ())
+    ws.send_text(&payload).await.map_err(|_| ())
 }
 
 /// Closes with a non-1000 code so Discord keeps the session resumable.
 async fn close_for_resume(ws: &mut GatewaySocket) {
-    let frame = CloseFrame { code: WsCloseCode::Library(4000), reason: "reconnecting".into() };
     let _ = glommio::timer::timeout(Duration::from_secs(2), async {
-        let _ = ws.close(Some(frame)).await;
+        let _ = ws.close(4000, "reconnecting").await;
         Ok(())
     })
     .await;

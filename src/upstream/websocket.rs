@@ -1,0 +1,441 @@
+//! The client side of a websocket to Discord (RFC 6455), by hand.
+//!
+//! Each dispatch from Discord is one text frame; the shard copies it once,
+//! straight out of this reader's buffer. A general-purpose websocket library
+//! split every frame off its read buffer as shared bytes, zero-filled the
+//! buffer before each read and polled through several adapter layers: about
+//! a sixth of the proxy's CPU per relayed event. Only what a gateway client
+//! needs is here: the upgrade handshake, unmasked frames in (text, binary,
+//! fragmented, ping, pong, close), masked frames out.
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::io;
+
+use super::connection::GatewayStream;
+
+/// Largest message accepted from Discord (a GUILD_CREATE of a very large
+/// guild is a few MiB).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Read buffer: a burst of dispatches is read this much at a time.
+const READ_CHUNK: usize = 128 << 10;
+/// Longest HTTP upgrade response accepted.
+const MAX_RESPONSE_HEAD: usize = 16 << 10;
+
+const OP_CONTINUATION: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+
+/// A message from Discord.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A text message (valid UTF-8), borrowed until the next read.
+    Text(&'a str),
+    /// A binary message (Discord sends none without compression).
+    Binary,
+    /// A close frame: its code (1005 when it had none) and reason.
+    Close(u16, String),
+}
+
+/// An open gateway websocket.
+pub struct GatewaySocket {
+    stream: GatewayStream,
+    /// Bytes read and not yet parsed are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// A fragmented message being put together, and its opcode.
+    fragments: Vec<u8>,
+    fragmented: Option<u8>,
+    /// The last message, when it had to be put together from fragments.
+    assembled: Vec<u8>,
+    out: Vec<u8>,
+}
+
+fn protocol_error(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("websocket protocol error: {what}"))
+}
+
+/// A frame header parsed from `b`: (fin, opcode, payload length, header length).
+fn parse_header(b: &[u8]) -> io::Result<Option<(bool, u8, usize, usize)>> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
+    if rsv != 0 {
+        return Err(protocol_error("reserved bits set without an extension"));
+    }
+    if b[1] & 0x80 != 0 {
+        return Err(protocol_error("a server frame is masked"));
+    }
+    let (len, header) = match b[1] & 0x7f {
+        126 => {
+            let Some(ext) = b.get(2..4) else { return Ok(None) };
+            (u64::from(u16::from_be_bytes([ext[0], ext[1]])), 4)
+        }
+        127 => {
+            let Some(ext) = b.get(2..10) else { return Ok(None) };
+            (u64::from_be_bytes(ext.try_into().expect("8 bytes")), 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    if opcode >= OP_CLOSE && (!fin || len > 125) {
+        return Err(protocol_error("a control frame is fragmented or longer than 125 bytes"));
+    }
+    if len > MAX_MESSAGE as u64 {
+        return Err(protocol_error("a message is larger than 64 MiB"));
+    }
+    Ok(Some((fin, opcode, len as usize, header)))
+}
+
+/// Appends a masked client frame.
+fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = fastrand::u32(..).to_ne_bytes();
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+impl GatewaySocket {
+    /// Performs the upgrade handshake for `path` (with its query) on `host_header`.
+    pub async fn handshake(mut stream: GatewayStream, host_header: &str, path: &str) -> io::Result<Self> {
+        let key = tungstenite::handshake::client::generate_key();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: gateway-proxy\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut end = 0;
+        let head_len = loop {
+            let n = stream.read(&mut buf[end..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the websocket handshake"));
+            }
+            end += n;
+            if let Some(at) = buf[..end].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if end >= MAX_RESPONSE_HEAD {
+                return Err(protocol_error("the upgrade response head is too long"));
+            }
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        response.parse(&buf[..head_len]).map_err(|e| protocol_error(&format!("bad upgrade response: {e}")))?;
+        if response.code != Some(101) {
+            return Err(io::Error::other(format!(
+                "the gateway answered the upgrade with HTTP {}",
+                response.code.map_or("?".into(), |c| c.to_string())
+            )));
+        }
+        let header = |name: &str| {
+            response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.trim_ascii())
+        };
+        let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if header("Sec-WebSocket-Accept") != Some(expected.as_bytes()) {
+            return Err(protocol_error("wrong Sec-WebSocket-Accept"));
+        }
+        if !header("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case(b"websocket")) {
+            return Err(protocol_error("no `Upgrade: websocket` in the response"));
+        }
+        Ok(Self {
+            stream,
+            buf,
+            start: head_len,
+            end,
+            fragments: Vec::new(),
+            fragmented: None,
+            assembled: Vec::new(),
+            out: Vec::with_capacity(512),
+        })
+    }
+
+    /// The next message. Cancel-safe: state changes only once a whole frame
+    /// has been read, so a dropped call loses nothing. `Ok(None)` when the
+    /// connection ended without a close frame.
+    pub async fn next(&mut self) -> io::Result<Option<Incoming<'_>>> {
+        loop {
+            let Some((fin, opcode, len, header)) = parse_header(&self.buf[self.start..self.end])? else {
+                if !self.fill(0).await? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            if self.end - self.start < header + len {
+                if !self.fill(header + len).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let at = self.start + header;
+            self.start = at + len;
+            match opcode {
+                OP_PING => {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.send_frame(OP_PONG, &payload).await?;
+                }
+                OP_PONG => {}
+                OP_CLOSE => {
+                    let payload = &self.buf[at..at + len];
+                    let (code, reason) = match payload {
+                        [a, b, reason @ ..] => {
+                            (u16::from_be_bytes([*a, *b]), String::from_utf8_lossy(reason).into_owned())
+                        }
+                        _ => (1005, String::new()),
+                    };
+                    return Ok(Some(Incoming::Close(code, reason)));
+                }
+                OP_TEXT | OP_BINARY if self.fragmented.is_some() => {
+                    return Err(protocol_error("a new message inside a fragmented one"));
+                }
+                OP_TEXT | OP_BINARY if !fin => {
+                    self.fragmented = Some(opcode);
+                    self.fragments.clear();
+                    self.fragments.extend_from_slice(&self.buf[at..at + len]);
+                }
+                OP_CONTINUATION => {
+                    let Some(first) = self.fragmented else {
+                        return Err(protocol_error("a continuation frame with nothing to continue"));
+                    };
+                    if self.fragments.len() + len > MAX_MESSAGE {
+                        return Err(protocol_error("a message is larger than 64 MiB"));
+                    }
+                    self.fragments.extend_from_slice(&self.buf[at..at + len]);
+                    if fin {
+                        self.fragmented = None;
+                        self.assembled = std::mem::take(&mut self.fragments);
+                        return Ok(Some(if first == OP_TEXT {
+                            Incoming::Text(utf8(&self.assembled)?)
+                        } else {
+                            Incoming::Binary
+                        }));
+                    }
+                }
+                OP_TEXT => return Ok(Some(Incoming::Text(utf8(&self.buf[at..at + len])?))),
+                OP_BINARY => return Ok(Some(Incoming::Binary)),
+                _ => return Err(protocol_error("unknown opcode")),
+            }
+        }
+    }
+
+    /// Reads more, making room for a frame of `need` bytes; false at end of stream.
+    async fn fill(&mut self, need: usize) -> io::Result<bool> {
+        let pending = self.end - self.start;
+        if pending == 0 && self.buf.len() > READ_CHUNK {
+            // A very large message grew the buffer: give the memory back.
+            self.buf = vec![0; READ_CHUNK];
+        }
+        if self.start > 0 && (pending == 0 || self.start + need.max(pending + 1) > self.buf.len()) {
+            // Move the partial frame to the front.
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, pending);
+        }
+        if self.buf.len() < need.max(self.end + 1) {
+            self.buf.resize(need.max(self.end + 1).next_power_of_two(), 0);
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        self.out.clear();
+        write_frame(&mut self.out, opcode, payload);
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.send_frame(OP_TEXT, text.as_bytes()).await
+    }
+
+    /// Sends a close frame with `code` and `reason`, then waits for
+    /// Discord's close (or the end of the stream), reading nothing else.
+    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        self.send_frame(OP_CLOSE, &payload).await?;
+        while let Some(message) = self.next().await? {
+            if matches!(message, Incoming::Close(..)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn utf8(bytes: &[u8]) -> io::Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| protocol_error("a text message is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unmask(frame: &[u8]) -> (u8, Vec<u8>) {
+        let (_, opcode, len, header) = {
+            // Client frames are masked: parse by hand here.
+            let len = match frame[1] & 0x7f {
+                126 => u16::from_be_bytes([frame[2], frame[3]]) as usize,
+                127 => u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                n => n as usize,
+            };
+            let header = match frame[1] & 0x7f {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            (true, frame[0] & 0x0f, len, header)
+        };
+        let mask = &frame[header..header + 4];
+        let payload = frame[header + 4..header + 4 + len].iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+        (opcode, payload)
+    }
+
+    #[test]
+    fn client_frames_are_masked_and_sized() {
+        for len in [0usize, 1, 125, 126, 65_535, 65_536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            write_frame(&mut out, OP_TEXT, &payload);
+            assert_eq!(out[0], 0x80 | OP_TEXT);
+            assert!(out[1] & 0x80 != 0, "masked");
+            assert_eq!(unmask(&out), (OP_TEXT, payload));
+        }
+    }
+
+    #[test]
+    fn server_headers_parse_or_are_refused() {
+        assert_eq!(parse_header(&[0x81, 5]).unwrap(), Some((true, OP_TEXT, 5, 2)));
+        assert_eq!(parse_header(&[0x01, 126, 1, 0]).unwrap(), Some((false, OP_TEXT, 256, 4)));
+        assert_eq!(parse_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap(), Some((true, OP_BINARY, 65_536, 10)));
+        assert_eq!(parse_header(&[0x81]).unwrap(), None);
+        assert_eq!(parse_header(&[0x81, 126, 1]).unwrap(), None);
+        for bad in
+            [&[0x81u8, 0x85][..], &[0xc1, 1], &[0x09, 0], &[0x88, 126, 0, 200], &[0x82, 127, 0, 0, 0, 0, 0x10, 0, 0, 0]]
+        {
+            assert!(parse_header(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A server frame (unmasked).
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= 65_535 => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn reads_what_a_gateway_sends_in_any_pieces() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big = "x".repeat(300_000);
+        let big2 = big.clone();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut byte = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                req.push(byte[0]);
+            }
+            let req = String::from_utf8(req).unwrap();
+            assert!(req.starts_with("GET /?v=10&encoding=json HTTP/1.1\r\n"), "{req}");
+            let key = req.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut wire = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes();
+            wire.extend(server_frame(true, OP_TEXT, br#"{"op":10}"#));
+            wire.extend(server_frame(true, OP_PING, b"hb"));
+            wire.extend(server_frame(false, OP_TEXT, "é".as_bytes()));
+            wire.extend(server_frame(false, OP_CONTINUATION, b"-mid-"));
+            wire.extend(server_frame(true, OP_CONTINUATION, b"end"));
+            wire.extend(server_frame(true, OP_BINARY, b"\x00\x01"));
+            wire.extend(server_frame(true, OP_TEXT, big2.as_bytes()));
+            wire.extend(server_frame(true, OP_TEXT, b"after"));
+            wire.extend(server_frame(true, OP_CLOSE, b"\x0f\xa4Authentication failed."));
+            // In awkward pieces: a header split, frames glued together.
+            for piece in wire.chunks(7_777) {
+                s.write_all(piece).unwrap();
+                s.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // The client answered the ping with a masked pong carrying its payload.
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(head[0], 0x80 | OP_PONG);
+            assert_eq!(head[1], 0x80 | 2);
+            let mut rest = [0u8; 6];
+            s.read_exact(&mut rest).unwrap();
+            let payload: Vec<u8> = rest[4..].iter().enumerate().map(|(i, b)| b ^ rest[i & 3]).collect();
+            assert_eq!(payload, b"hb");
+        });
+        let got = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
+                let mut ws = GatewaySocket::handshake(GatewayStream::Plain(tcp), "localhost", "/?v=10&encoding=json")
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                loop {
+                    match ws.next().await.unwrap() {
+                        Some(Incoming::Text(t)) => {
+                            got.push(if t.len() > 1000 { format!("big {}", t.len()) } else { t.to_owned() })
+                        }
+                        Some(Incoming::Binary) => got.push("binary".to_owned()),
+                        Some(Incoming::Close(code, reason)) => {
+                            got.push(format!("close {code} {reason}"));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                got
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            got,
+            [
+                r#"{"op":10}"#.to_owned(),
+                "é-mid-end".to_owned(),
+                "binary".to_owned(),
+                format!("big {}", big.len()),
+                "after".to_owned(),
+                "close 4004 Authentication failed.".to_owned()
+            ]
+        );
+    }
+}
