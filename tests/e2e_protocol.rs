@@ -329,3 +329,33 @@ async fn zstd_stream_clients_get_one_flushed_zstd_stream() {
     fake.inject(0, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), 1, "zstd")).unwrap();
     assert_eq!(c.dispatch().await["d"]["content"], "zstd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_discord_never_pauses() {
+    // Discord expects a heartbeat every 100 ms here and closes with 4009
+    // after 300 ms without one; the firehose keeps the proxy's socket full
+    // for much longer than that.
+    let fake = fake_discord::FakeDiscord::start(fake_discord::FakeConfig {
+        shards: 1,
+        guilds: 1,
+        heartbeat_interval_ms: 100,
+        ..fake_discord::FakeConfig::default()
+    })
+    .await
+    .expect("fake discord starts");
+    let proxy = Proxy::start(&fake, json!({})).await;
+    wait_connected(&fake, &proxy, 0..1).await;
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    c.identify_and_load(fake.token(), 0, 1).await;
+    let spec = fake_discord::FirehoseSpec { count: 400_000, rate: None, mix: fake_discord::FirehoseMix::Messages };
+    let started = std::time::Instant::now();
+    let stats = fake.firehose(0, spec).expect("shard 0 is connected").finished().await;
+    let stats = stats.expect("the connection lasted the whole firehose: no 4009 for missed heartbeats");
+    assert!(
+        stats.elapsed > Duration::from_millis(600),
+        "the firehose ended in {:?}: too short to prove anything",
+        started.elapsed()
+    );
+    assert!(proxy.log_lines("code 4009").is_empty(), "Discord closed for missed heartbeats");
+    assert_eq!(fake.identify_count(), 1, "no re-identify");
+}

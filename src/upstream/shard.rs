@@ -193,33 +193,32 @@ async fn connect_once(
     let mut may_pause = true;
     let mut relayed: u64 = 0;
     let mut arena = PayloadArena::default();
-    let mut next_heartbeat = Instant::now() + interval.mul_f64(fastrand::f64());
-    let mut acked = true;
-    let mut heartbeat_sent_at: Option<Instant> = None;
+    let mut heartbeat = Heartbeat::new(interval);
     loop {
-        let now = Instant::now();
         // Send whatever the limiter allows.
-        while let Some(cmd) = pending.front() {
-            if !limiter.try_command(now) {
-                break;
-            }
-            let text = String::from_utf8_lossy(cmd).into_owned();
-            pending.pop_front();
-            if ws.send_text(&text).await.is_err() {
-                return reconnect_outcome(hub);
-            }
-        }
-        let mut wake_at = next_heartbeat;
         if !pending.is_empty() {
-            if let Some(t) = limiter.next_free() {
-                wake_at = wake_at.min(t);
+            let now = Instant::now();
+            while let Some(cmd) = pending.front() {
+                if !limiter.try_command(now) {
+                    break;
+                }
+                let text = String::from_utf8_lossy(cmd).into_owned();
+                pending.pop_front();
+                if ws.send_text(&text).await.is_err() {
+                    return reconnect_outcome(hub);
+                }
             }
         }
-        let sleep = wake_at.saturating_duration_since(now);
+        // The timer branch runs only when Discord has nothing to read: no
+        // clock read or timer per relayed dispatch.
         let wake = future::or(
             async { Wake::Message(ws.next().await) },
             future::or(async { Wake::Command(commands.recv().await) }, async {
-                glommio::timer::sleep(sleep).await;
+                let mut wake_at = heartbeat.next;
+                if let (false, Some(t)) = (pending.is_empty(), limiter.next_free()) {
+                    wake_at = wake_at.min(t);
+                }
+                glommio::timer::sleep(wake_at.saturating_duration_since(Instant::now())).await;
                 Wake::Timer
             }),
         )
@@ -229,27 +228,11 @@ async fn connect_once(
                 close_for_resume(&mut ws).await;
                 return Outcome::Stopped;
             }
-            Wake::Command(Some(UpstreamCommand::Payload(cmd))) => {
-                if pending.len() >= MAX_PENDING_COMMANDS {
-                    log::warn!("[shard {}] command queue full; dropping the oldest command", hub.id);
-                    pending.pop_front();
-                }
-                pending.push_back(cmd);
-            }
+            Wake::Command(Some(UpstreamCommand::Payload(cmd))) => queue_command(hub, pending, cmd),
             Wake::Command(None) => {}
             Wake::Timer => {
-                if Instant::now() >= next_heartbeat {
-                    if !acked {
-                        log::warn!("[shard {}] no heartbeat ACK: zombied connection, reconnecting", hub.id);
-                        close_for_resume(&mut ws).await;
-                        return Outcome::Resume;
-                    }
-                    if send_heartbeat(hub, &mut ws, &mut limiter).await.is_err() {
-                        return reconnect_outcome(hub);
-                    }
-                    acked = false;
-                    heartbeat_sent_at = Some(Instant::now());
-                    next_heartbeat = Instant::now() + interval;
+                if let Some(outcome) = heartbeat.beat_if_due(hub, &mut ws, &mut limiter).await {
+                    return outcome;
                 }
             }
             Wake::Message(Ok(Some(Incoming::Text(text)))) => {
@@ -260,7 +243,9 @@ async fn connect_once(
                 relayed += 1;
                 let deepest = hub.take_deepest_queue();
                 if deepest >= pause_depth && may_pause {
-                    may_pause = wait_for_writers(hub, pause_depth / 2, PAUSE_BUDGET).await;
+                    // Never past a heartbeat that falls due.
+                    let until = (Instant::now() + PAUSE_BUDGET).min(heartbeat.next);
+                    may_pause = wait_for_writers(hub, pause_depth / 2, until).await;
                     if !may_pause {
                         log::debug!("[shard {}] a client stayed {pause_depth}+ behind; reading on", hub.id);
                     }
@@ -279,15 +264,26 @@ async fn connect_once(
                             return reconnect_outcome(hub);
                         }
                     }
-                    Step::Ack => {
-                        acked = true;
-                        if let Some(t) = heartbeat_sent_at.take() {
-                            hub.metrics.latency.observe(t.elapsed().as_secs_f64());
-                        }
-                    }
+                    Step::Ack => heartbeat.acked(hub),
                     Step::End(outcome) => {
                         close_for_resume(&mut ws).await;
                         return outcome;
+                    }
+                }
+                if relayed.is_multiple_of(YIELD_EVERY) {
+                    // Discord's side may never run dry under load: heartbeats
+                    // and client commands must not wait for a quiet moment.
+                    if let Some(outcome) = heartbeat.beat_if_due(hub, &mut ws, &mut limiter).await {
+                        return outcome;
+                    }
+                    while let Some(Some(cmd)) = future::poll_once(commands.recv()).await {
+                        match cmd {
+                            UpstreamCommand::Stop => {
+                                close_for_resume(&mut ws).await;
+                                return Outcome::Stopped;
+                            }
+                            UpstreamCommand::Payload(cmd) => queue_command(hub, pending, cmd),
+                        }
                     }
                 }
             }
@@ -331,14 +327,70 @@ impl PayloadArena {
     }
 }
 
+/// The shard's heartbeat to Discord.
+struct Heartbeat {
+    interval: Duration,
+    /// When the next one is due (the first at a random point of the interval, as Discord asks).
+    next: Instant,
+    acked: bool,
+    sent_at: Option<Instant>,
+}
+
+impl Heartbeat {
+    fn new(interval: Duration) -> Self {
+        Self { interval, next: Instant::now() + interval.mul_f64(fastrand::f64()), acked: true, sent_at: None }
+    }
+
+    /// Sends the heartbeat if it is due; the outcome if the connection must end
+    /// (the last one was never acknowledged: a zombied connection).
+    async fn beat_if_due(
+        &mut self,
+        hub: &ShardHub,
+        ws: &mut GatewaySocket,
+        limiter: &mut SendLimiter,
+    ) -> Option<Outcome> {
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        if !self.acked {
+            log::warn!("[shard {}] no heartbeat ACK: zombied connection, reconnecting", hub.id);
+            close_for_resume(ws).await;
+            return Some(Outcome::Resume);
+        }
+        if send_heartbeat(hub, ws, limiter).await.is_err() {
+            return Some(reconnect_outcome(hub));
+        }
+        self.acked = false;
+        self.sent_at = Some(now);
+        self.next = now + self.interval;
+        None
+    }
+
+    fn acked(&mut self, hub: &ShardHub) {
+        self.acked = true;
+        if let Some(t) = self.sent_at.take() {
+            hub.metrics.latency.observe(t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Keeps a client command for Discord, dropping the oldest beyond the limit.
+fn queue_command(hub: &ShardHub, pending: &mut VecDeque<Vec<u8>>, cmd: Vec<u8>) {
+    if pending.len() >= MAX_PENDING_COMMANDS {
+        log::warn!("[shard {}] command queue full; dropping the oldest command", hub.id);
+        pending.pop_front();
+    }
+    pending.push_back(cmd);
+}
+
 /// Stops reading from Discord until every client queue of the shard is at
-/// most `target` deep, for at most `budget`. A burst then reaches clients
+/// most `target` deep, at the latest until `until`. A burst then reaches clients
 /// that are fast but momentarily behind (Discord's side of the socket holds
 /// the rest) instead of closing them for lag; a client that does not catch
 /// up in time is left to the `backpressure` limit. Returns whether the
 /// queues drained.
-async fn wait_for_writers(hub: &ShardHub, target: usize, budget: Duration) -> bool {
-    let until = Instant::now() + budget;
+async fn wait_for_writers(hub: &ShardHub, target: usize, until: Instant) -> bool {
     loop {
         futures_lite::future::yield_now().await;
         if hub.deepest_queue_now() <= target {
