@@ -309,6 +309,26 @@ fn nested_id(members: &[(&[u8], &[u8])], key: &[u8]) -> Option<u64> {
     id_at(&object_members(member(members, key)?)?, b"id")
 }
 
+/// Whether a member event needs encoding when members are not cached:
+/// only for the bot's own member or one already cached. Counts a member
+/// added to a cached guild that is not. `None` if the event is not readable.
+fn member_matters(
+    guilds: &mut IdMap<Guild>,
+    flags: &CacheConfig,
+    bot_id: Option<u64>,
+    d: &[u8],
+    t: &[u8],
+) -> Option<bool> {
+    let ev = object_members(d)?;
+    let uid = nested_id(&ev, b"user")?;
+    let guild = guilds.get_mut(&id_at(&ev, b"guild_id")?)?;
+    let keep = (flags.current_member && Some(uid) == bot_id) || guild.members.get(uid).is_some();
+    if !keep && t == b"GUILD_MEMBER_ADD" {
+        guild.member_count += 1;
+    }
+    Some(keep)
+}
+
 impl ShardCache {
     /// An empty cache keeping what `flags` asks for.
     pub fn new(flags: CacheConfig) -> Self {
@@ -568,6 +588,10 @@ impl ShardCache {
                 let updated = shapes.merge(guild.threads.get(ev.id)?, &update, &[])?;
                 guild.threads.insert_encoded(ev.id, &updated);
             }
+            // Without the `members` flag most member events concern nobody
+            // cached: find that out from the ids alone, before encoding.
+            b"GUILD_MEMBER_ADD" | b"GUILD_MEMBER_UPDATE"
+                if !flags.members && !member_matters(&mut self.guilds, flags, self.bot_id, db, t)? => {}
             b"GUILD_MEMBER_ADD" => {
                 let [gid] = Encoder::new(shapes).encode_without(db, [b"guild_id"], scratch)?;
                 let guild = self.guilds.get_mut(&snowflake_json(gid?)?)?;
