@@ -306,6 +306,20 @@ fn number_end(j: &[u8], p: usize) -> Option<usize> {
     Some(i)
 }
 
+/// At `j[i]`, an object member's opening quote: its raw key and where its
+/// value starts (after the colon and any whitespace).
+fn member_key(j: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    if j.get(i) != Some(&b'"') {
+        return None;
+    }
+    let key_end = string_end(j, i)?;
+    let colon = skip_ws(j, key_end);
+    if j.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((&j[i + 1..key_end - 1], skip_ws(j, colon + 1)))
+}
+
 /// End of the JSON value starting at `p` (no leading whitespace).
 pub fn value_end(j: &[u8], p: usize, depth: usize) -> Option<usize> {
     if depth > MAX_DEPTH {
@@ -321,14 +335,7 @@ pub fn value_end(j: &[u8], p: usize, depth: usize) -> Option<usize> {
             }
             loop {
                 if close == b'}' {
-                    if j.get(i) != Some(&b'"') {
-                        return None;
-                    }
-                    i = skip_ws(j, string_end(j, i)?);
-                    if j.get(i) != Some(&b':') {
-                        return None;
-                    }
-                    i = skip_ws(j, i + 1);
+                    i = member_key(j, i)?.1;
                 }
                 i = skip_ws(j, value_end(j, i, depth + 1)?);
                 match j.get(i) {
@@ -357,16 +364,8 @@ pub fn object_members(j: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         return (skip_ws(j, i + 1) == j.len()).then_some(out);
     }
     loop {
-        if j.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = string_end(j, i)?;
-        let key = &j[i + 1..key_end - 1];
-        i = skip_ws(j, key_end);
-        if j.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(j, i + 1);
+        let key;
+        (key, i) = member_key(j, i)?;
         let end = value_end(j, i, 1)?;
         out.push((key, &j[i..end]));
         i = skip_ws(j, end);
@@ -834,16 +833,8 @@ impl<'a> Encoder<'a> {
         let mut keys_ok = true;
         let mut first = true;
         loop {
-            if j.get(i) != Some(&b'"') {
-                return None;
-            }
-            let key_end = string_end(j, i)?;
-            let key = &j[i + 1..key_end - 1];
-            i = skip_ws(j, key_end);
-            if j.get(i) != Some(&b':') {
-                return None;
-            }
-            i = skip_ws(j, i + 1);
+            let key;
+            (key, i) = member_key(j, i)?;
             if let Some(at) = drop.iter().position(|d| *d == key) {
                 let end = value_end(j, i, 1)?;
                 dropped[at] = Some(&j[i..end]);
@@ -900,11 +891,10 @@ impl<'a> Encoder<'a> {
         let mut v = 0;
         if j.get(i) != Some(&b'}') {
             loop {
-                let key_end = string_end(j, i)?;
-                let key = &j[i + 1..key_end - 1];
+                let key;
+                (key, i) = member_key(j, i)?;
                 put_varint(out, key.len() as u64);
                 out.extend_from_slice(key);
-                i = skip_ws(j, skip_ws(j, key_end) + 1);
                 let end = match constant_at(j, i) {
                     Some(len) => {
                         push_constant(&j[i..i + len], out);

@@ -767,16 +767,7 @@ async fn cache_rows(args: &Args, binary: &Path, dir: &Path) -> Vec<CacheRow> {
     // (one median of both), so a drift of the machine over the run does
     // not favour either side.
     let direct_endpoint = Endpoint { url: fake.gateway_url(), token: fake.token().to_owned(), shards: SHARDS };
-    let mut direct = CacheRow {
-        label: "fake Discord direct (pre-serialised)".into(),
-        rss_kib: None,
-        rss_after_kib: None,
-        hwm_kib: None,
-        snapshot: Vec::new(),
-        snapshot_bytes: 0,
-        load_time: None,
-        error: None,
-    };
+    let mut direct = CacheRow::empty("fake Discord direct (pre-serialised)");
     snapshot_runs(&direct_endpoint, shard0_guilds, args.runs, &mut direct).await;
     for (members, replay_buffer) in [(true, None), (false, None), (true, Some(0)), (false, Some(0))] {
         let mut label = format!("proxy, 2 cores, cache.members {}", if members { "on" } else { "off" });
@@ -797,16 +788,7 @@ async fn cache_rows(args: &Args, binary: &Path, dir: &Path) -> Vec<CacheRow> {
         // Before any client: the cache and the upstream connections only.
         let rss = p.rss_kib();
         let endpoint = Endpoint { url: p.url(), token: fake.token().to_owned(), shards: SHARDS };
-        let mut row = CacheRow {
-            label,
-            rss_kib: Some(rss),
-            rss_after_kib: None,
-            hwm_kib: None,
-            snapshot: Vec::new(),
-            snapshot_bytes: 0,
-            load_time: Some(load_time),
-            error: None,
-        };
+        let mut row = CacheRow { rss_kib: Some(rss), load_time: Some(load_time), ..CacheRow::empty(&label) };
         snapshot_runs(&endpoint, shard0_guilds, args.runs, &mut row).await;
         row.rss_after_kib = Some(p.rss_kib());
         row.hwm_kib = Some(p.hwm_kib());
@@ -927,16 +909,7 @@ impl CacheRow {
     }
 
     fn error(label: &str, e: String) -> CacheRow {
-        CacheRow {
-            label: label.to_owned(),
-            rss_kib: None,
-            rss_after_kib: None,
-            hwm_kib: None,
-            snapshot: Vec::new(),
-            snapshot_bytes: 0,
-            load_time: None,
-            error: Some(e),
-        }
+        CacheRow { error: Some(e), ..CacheRow::empty(label) }
     }
 }
 
