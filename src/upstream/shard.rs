@@ -522,7 +522,11 @@ fn handle_payload(hub: &Rc<ShardHub>, payload: bytes::Bytes, backoff: &mut Backo
                         hub.cache.borrow_mut().apply(t, d);
                     }
                     if let Some(s) = fields.s.clone() {
-                        relay(hub, t, d, Dispatch::from_parts(payload.clone(), s));
+                        let route = route_of(hub, t, d);
+                        let name = matches!(route, Route::Session(_, Some(_))).then(|| String::from_utf8_lossy(t));
+                        let name = name.map(|n| n.into_owned());
+                        // The payload moves into the dispatch: no second handle on its chunk.
+                        relay(hub, route, name.as_deref(), Dispatch::from_parts(payload, s));
                     }
                 }
             }
@@ -556,9 +560,9 @@ fn is_routed_event(t: &[u8]) -> bool {
     matches!(t, b"GUILD_MEMBERS_CHUNK" | b"VOICE_STATE_UPDATE" | b"VOICE_SERVER_UPDATE" | b"READY" | b"RESUMED")
 }
 
-/// Publishes a dispatch, to the one client it belongs to when it is a reply.
-fn relay(hub: &ShardHub, t: &[u8], d: &str, dispatch: Dispatch) {
-    let route = match t {
+/// Where a dispatch goes: to the one client it belongs to when it is a reply.
+fn route_of(hub: &ShardHub, t: &[u8], d: &str) -> Route {
+    match t {
         b"GUILD_MEMBERS_CHUNK" => hub.routing.borrow_mut().member_chunk(d),
         b"VOICE_STATE_UPDATE" => {
             let bot = hub.cache.borrow().bot_id();
@@ -566,12 +570,16 @@ fn relay(hub: &ShardHub, t: &[u8], d: &str, dispatch: Dispatch) {
         }
         b"VOICE_SERVER_UPDATE" => hub.routing.borrow_mut().voice_server(d),
         _ => Route::Broadcast,
-    };
+    }
+}
+
+/// Publishes a dispatch along its route; `name` is its event name when the
+/// route rewrites its `d`.
+fn relay(hub: &ShardHub, route: Route, name: Option<&str>, dispatch: Dispatch) {
     match route {
         Route::Session(num, rewritten) if hub.session_known(num) => {
-            let name = std::str::from_utf8(t).unwrap_or("DISPATCH");
             let dispatch = match rewritten {
-                Some(new_d) => Dispatch::build(name, new_d.as_bytes()),
+                Some(new_d) => Dispatch::build(name.unwrap_or("DISPATCH"), new_d.as_bytes()),
                 None => dispatch,
             };
             hub.publish(dispatch.for_session(num));
