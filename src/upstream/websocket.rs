@@ -280,8 +280,10 @@ impl GatewaySocket {
     }
 }
 
+/// Every dispatch is validated as UTF-8 before it is relayed as text; the
+/// vectorised check costs a fraction of the standard one on 1 KB payloads.
 fn utf8(bytes: &[u8]) -> io::Result<&str> {
-    std::str::from_utf8(bytes).map_err(|_| protocol_error("a text message is not UTF-8"))
+    simdutf8::basic::from_utf8(bytes).map_err(|_| protocol_error("a text message is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -317,6 +319,19 @@ mod tests {
             assert_eq!(out[0], 0x80 | OP_TEXT);
             assert!(out[1] & 0x80 != 0, "masked");
             assert_eq!(unmask(&out), (OP_TEXT, payload));
+        }
+    }
+
+    #[test]
+    fn text_must_be_utf8() {
+        assert_eq!(utf8("é𝄞 ok".as_bytes()).unwrap(), "é𝄞 ok");
+        for bad in [
+            &b"\xff"[..],
+            b"\xc3",
+            b"ok\xed\xa0\x80",
+            &[b'a'; 100].iter().copied().chain([0xc0, 0x80]).collect::<Vec<_>>(),
+        ] {
+            assert!(utf8(bad).is_err(), "{bad:?}");
         }
     }
 
