@@ -134,7 +134,8 @@ impl GatewaySocket {
                 return Err(protocol_error("the upgrade response head is too long"));
             }
         };
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        // Discord answers through Cloudflare, which adds headers of its own.
+        let mut headers = [httparse::EMPTY_HEADER; 124];
         let mut response = httparse::Response::new(&mut headers);
         response.parse(&buf[..head_len]).map_err(|e| protocol_error(&format!("bad upgrade response: {e}")))?;
         if response.code != Some(101) {
@@ -386,8 +387,10 @@ mod tests {
             assert!(req.starts_with("GET /?v=10&encoding=json HTTP/1.1\r\n"), "{req}");
             let key = req.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
             let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            // Many headers, as a CDN in front of the gateway adds.
+            let filler: String = (0..80).map(|i| format!("X-Filler-{i}: {}\r\n", "v".repeat(40))).collect();
             let mut wire = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n{filler}Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             )
             .into_bytes();
             wire.extend(server_frame(true, OP_TEXT, br#"{"op":10}"#));
