@@ -424,19 +424,12 @@ fn get_varint(e: &[u8], p: &mut usize) -> u64 {
     }
 }
 
-/// `s` as u64 if it is its canonical decimal spelling.
+/// `s` as u64 if it is its canonical decimal spelling (no leading zero).
 fn canonical_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || (s[0] == b'0' && s.len() > 1) {
+    if s.len() > 1 && s[0] == b'0' {
         return None;
     }
-    let mut v: u64 = 0;
-    for &c in s {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    Some(v)
+    crate::protocol::scan::parse_u64(s)
 }
 
 fn hex16(s: &[u8]) -> Option<[u8; 16]> {

@@ -80,6 +80,23 @@ pub fn write_records(data: &[u8], shapes: &Shapes, out: &mut Vec<u8>) {
     out.push(b']');
 }
 
+/// Makes room for `extra` bytes, growing by about an eighth when full, not
+/// double: collections are loaded whole (then trimmed) and change a little
+/// at a time.
+fn grow(data: &mut Vec<u8>, extra: usize) {
+    if data.capacity() - data.len() < extra {
+        data.reserve_exact(extra.max(data.len() / 8).max(256));
+    }
+}
+
+/// Marks the record at `at` dead; returns the bytes it held (header included).
+fn mark_dead(data: &mut [u8], at: u32) -> usize {
+    let at = at as usize;
+    let h = header_at(data, at);
+    data[at..at + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
+    HEADER + (h & !DEAD) as usize
+}
+
 impl Entities {
     fn header(&self, at: usize) -> u32 {
         header_at(&self.data, at)
@@ -95,21 +112,12 @@ impl Entities {
     }
 
     fn kill(&mut self, at: u32) {
-        let at = at as usize;
-        let h = self.header(at);
-        self.buf()[at..at + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
-        self.dead += HEADER + (h & !DEAD) as usize;
+        self.dead += mark_dead(self.buf(), at);
     }
 
-    /// Grows by about an eighth when full, not double: collections are
-    /// loaded whole (then trimmed) and change a little at a time.
     fn reserve(&mut self, extra: usize) {
         // Unshared first: a copy made later would have exactly its length.
-        let data = self.buf();
-        if data.capacity() - data.len() < extra {
-            let grow = extra.max(data.len() / 8).max(256);
-            data.reserve_exact(grow);
-        }
+        grow(self.buf(), extra);
     }
 
     /// Starts a record; returns its offset. The caller appends the entity, then calls [`Self::finish`].
@@ -153,17 +161,12 @@ impl Entities {
     pub fn insert_encoded(&mut self, id: u64, encoded: &[u8]) {
         // One uniqueness check for the whole append (it is an atomic operation).
         let data = Arc::make_mut(&mut self.data);
-        if data.capacity() - data.len() < HEADER + encoded.len() {
-            data.reserve_exact((HEADER + encoded.len()).max(data.len() / 8).max(256));
-        }
+        grow(data, HEADER + encoded.len());
         let at = data.len();
         data.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
         data.extend_from_slice(encoded);
         if let Some(old) = self.index.insert(id, at as u32) {
-            let old = old as usize;
-            let h = header_at(data, old);
-            data[old..old + HEADER].copy_from_slice(&(h | DEAD).to_le_bytes());
-            self.dead += HEADER + (h & !DEAD) as usize;
+            self.dead += mark_dead(data, old);
         }
         self.maybe_compact();
     }
@@ -300,11 +303,6 @@ impl Entities {
     /// Heap bytes held (records plus index slots).
     pub fn heap_bytes(&self) -> usize {
         self.data.capacity() + self.index.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
-    }
-
-    /// Appends `[e1,e2,...]` (JSON) to `out`, in the order the entities arrived.
-    pub fn write_array(&self, shapes: &Shapes, out: &mut Vec<u8>) {
-        write_records(&self.data, shapes, out);
     }
 }
 

@@ -160,11 +160,6 @@ impl Guild {
     pub fn heap_bytes(&self) -> usize {
         self.base.len() + self.sets().iter().map(|e| e.heap_bytes()).sum::<usize>()
     }
-
-    /// Number of cached entities of every kind.
-    pub fn entity_count(&self) -> usize {
-        self.sets().iter().map(|e| e.len()).sum()
-    }
 }
 
 /// A guild as it was when frozen: what a client that identified then is sent.
@@ -209,11 +204,6 @@ impl FrozenGuild {
             write_records(records, shapes, out);
         }
         out.push(b'}');
-    }
-
-    /// Bytes of compact data it holds (the JSON is about five times more).
-    pub fn compact_len(&self) -> usize {
-        self.base.len() + self.sets.iter().map(|s| s.len()).sum::<usize>()
     }
 }
 

@@ -401,11 +401,6 @@ impl ShardCache {
         self.guilds.len() + self.missing.len()
     }
 
-    /// Number of interned object shapes.
-    pub fn shape_count(&self) -> usize {
-        self.shapes.len()
-    }
-
     /// Heap bytes held by cached guild state.
     pub fn heap_bytes(&self) -> usize {
         self.guilds.values().map(Guild::heap_bytes).sum::<usize>()
