@@ -268,6 +268,19 @@ enum Wake {
 /// Discord, ACKing heartbeats meanwhile (identify pacing can make a big
 /// bot's last shards wait minutes). Payloads other than heartbeats stay
 /// buffered for after READY. Returns false when the connection is over.
+/// Dispatches in what is sent before live events (READY and guilds, or a
+/// replay and RESUMED), for the log.
+fn dispatch_count(first: &[Outgoing]) -> usize {
+    first
+        .iter()
+        .map(|o| match o {
+            Outgoing::Guilds(g) => g.len(),
+            Outgoing::Snapshot(d) => d.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 async fn wait_shard_ready(hub: &ShardHub, conn: &mut PendingConn) -> bool {
     let Some(mut stream) = stream_of(&conn.fd) else { return false };
     let mut chunk = vec![0u8; 8192];
@@ -344,19 +357,11 @@ async fn serve_session(
         Intent::Identify(_) => {
             let Attached { session, generation, first: snapshot } =
                 hub.attach_new(conn_id, queue.clone(), read_fd, &core.shared.client_resume_url);
-            let guilds: usize = snapshot
-                .iter()
-                .map(|o| match o {
-                    Outgoing::Guilds(g) => g.len(),
-                    Outgoing::Snapshot(d) => d.len(),
-                    _ => 0,
-                })
-                .sum::<usize>()
-                - 1;
             log::info!(
-                "{}: identified for shard {shard}: session {}, {guilds} guild payloads (client {conn_id}, core {})",
+                "{}: identified for shard {shard}: session {}, {} guild payloads (client {conn_id}, core {})",
                 conn.peer,
                 session.id,
+                dispatch_count(&snapshot) - 1,
                 core.index
             );
             (session, generation, snapshot, 0)
@@ -368,7 +373,7 @@ async fn serve_session(
                     conn.peer,
                     session.id,
                     r.seq,
-                    replay.iter().map(|o| if let Outgoing::Snapshot(d) = o { d.len() } else { 0 }).sum::<usize>() - 1,
+                    dispatch_count(&replay) - 1,
                     core.index
                 );
                 (session, generation, replay, r.seq)

@@ -69,6 +69,16 @@ pub struct WriterContext {
     pub payload_bytes: prometheus::IntCounter,
 }
 
+/// Writes `out` once it holds a megabyte, so a long snapshot or replay
+/// leaves while the rest is still being encoded.
+async fn flush_large(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.len() >= 1 << 20 {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
 /// Runs until the queue is closed and drained, a close was sent, or the
 /// socket fails. Sequence numbers continue from `start_seq` (0 for a new
 /// session, the client's seq for a resume); what was sent is recorded in
@@ -90,11 +100,8 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
                 Outgoing::Snapshot(list) => {
                     for d in &list {
                         seqs.encode(d, &mut frames, &mut out);
-                        if out.len() >= 1 << 20 {
-                            if stream.write_all(&out).await.is_err() {
-                                break 'outer;
-                            }
-                            out.clear();
+                        if flush_large(&mut stream, &mut out).await.is_err() {
+                            break 'outer;
                         }
                     }
                 }
@@ -103,11 +110,8 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
                         guild_d.clear();
                         hub.cache.borrow().write_frozen(g, &mut guild_d);
                         seqs.encode_guild_create(&guild_d, &mut frames, &mut out);
-                        if out.len() >= 1 << 20 {
-                            if stream.write_all(&out).await.is_err() {
-                                break 'outer;
-                            }
-                            out.clear();
+                        if flush_large(&mut stream, &mut out).await.is_err() {
+                            break 'outer;
                         }
                     }
                     // A snapshot's largest buffer is not kept for the session's life.

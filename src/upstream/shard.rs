@@ -224,11 +224,11 @@ async fn connect_once(
         )
         .await;
         match wake {
-            Wake::Command(Some(UpstreamCommand::Stop)) => {
-                close_for_resume(&mut ws).await;
-                return Outcome::Stopped;
+            Wake::Command(Some(cmd)) => {
+                if let Some(outcome) = on_command(hub, &mut ws, pending, cmd).await {
+                    return outcome;
+                }
             }
-            Wake::Command(Some(UpstreamCommand::Payload(cmd))) => queue_command(hub, pending, cmd),
             Wake::Command(None) => {}
             Wake::Timer => {
                 if let Some(outcome) = heartbeat.beat_if_due(hub, &mut ws, &mut limiter).await {
@@ -277,12 +277,8 @@ async fn connect_once(
                         return outcome;
                     }
                     while let Some(Some(cmd)) = future::poll_once(commands.recv()).await {
-                        match cmd {
-                            UpstreamCommand::Stop => {
-                                close_for_resume(&mut ws).await;
-                                return Outcome::Stopped;
-                            }
-                            UpstreamCommand::Payload(cmd) => queue_command(hub, pending, cmd),
+                        if let Some(outcome) = on_command(hub, &mut ws, pending, cmd).await {
+                            return outcome;
                         }
                     }
                 }
@@ -375,13 +371,29 @@ impl Heartbeat {
     }
 }
 
-/// Keeps a client command for Discord, dropping the oldest beyond the limit.
-fn queue_command(hub: &ShardHub, pending: &mut VecDeque<Vec<u8>>, cmd: Vec<u8>) {
-    if pending.len() >= MAX_PENDING_COMMANDS {
-        log::warn!("[shard {}] command queue full; dropping the oldest command", hub.id);
-        pending.pop_front();
+/// Acts on a command from the hub: `Stop` ends the connection resumably (the
+/// outcome is returned); a payload for Discord waits for the send limiter,
+/// the oldest dropped beyond the limit.
+async fn on_command(
+    hub: &ShardHub,
+    ws: &mut GatewaySocket,
+    pending: &mut VecDeque<Vec<u8>>,
+    cmd: UpstreamCommand,
+) -> Option<Outcome> {
+    match cmd {
+        UpstreamCommand::Stop => {
+            close_for_resume(ws).await;
+            Some(Outcome::Stopped)
+        }
+        UpstreamCommand::Payload(cmd) => {
+            if pending.len() >= MAX_PENDING_COMMANDS {
+                log::warn!("[shard {}] command queue full; dropping the oldest command", hub.id);
+                pending.pop_front();
+            }
+            pending.push_back(cmd);
+            None
+        }
     }
-    pending.push_back(cmd);
 }
 
 /// Stops reading from Discord until every client queue of the shard is at
