@@ -35,6 +35,7 @@ usage: cargo run --release -p loadtest -- [options]
   --cache-only       only the issue-3 rows
   --latency-only     only the latency runs (for profiling)
   --burst-only       only the 1 KB plain burst with one client per shard (for profiling)
+  --fanout-only      only the 1 KB plain bursts with 1 and 16 clients per shard (fan-out ratio)
   --cache-guilds N   guilds of the issue-3 rows (default 2000)
   --proxy PATH       proxy binary to test (default target/release/gateway-proxy)
   --no-build         do not run `cargo build --release -p gateway-proxy` first
@@ -64,6 +65,7 @@ struct Args {
     cache_only: bool,
     latency_only: bool,
     burst_only: bool,
+    fanout_only: bool,
     cache_guilds: u32,
     cache_members: u32,
     proxy: Option<PathBuf>,
@@ -80,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         cache_only: false,
         latency_only: false,
         burst_only: false,
+        fanout_only: false,
         cache_guilds: 2_000,
         cache_members: 200,
         proxy: None,
@@ -100,6 +103,10 @@ fn parse_args() -> Result<Args, String> {
             "--cache-only" => a.cache_only = true,
             "--burst-only" => {
                 a.burst_only = true;
+                a.cache_rows = false;
+            }
+            "--fanout-only" => {
+                a.fanout_only = true;
                 a.cache_rows = false;
             }
             "--latency-only" => {
@@ -644,6 +651,11 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
         &[]
     } else if args.latency_only {
         &[Scenario::Latency]
+    } else if args.fanout_only {
+        &[
+            Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Messages },
+            Scenario::Burst { clients: 16, compress: Compress::Plain, mix: FirehoseMix::Messages },
+        ]
     } else if args.burst_only {
         &[Scenario::Burst { clients: 1, compress: Compress::Plain, mix: FirehoseMix::Messages }]
     } else {
