@@ -131,6 +131,7 @@ struct RawConfig {
     externally_accessible_url: Option<String>,
     cache: CacheConfig,
     cores: Option<usize>,
+    sched_slice_us: u64,
     api_url: String,
     gateway_url: Option<String>,
     identify_timeout_secs: u64,
@@ -163,6 +164,7 @@ impl Default for RawConfig {
             externally_accessible_url: None,
             cache: CacheConfig::default(),
             cores: None,
+            sched_slice_us: 100,
             api_url: DEFAULT_API_URL.into(),
             gateway_url: None,
             identify_timeout_secs: 30,
@@ -211,6 +213,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Number of executors (one per core); `None` = every core the process may use.
     pub cores: Option<usize>,
+    /// Time slice the executor threads ask the kernel for (Linux 6.12+), so a
+    /// woken executor runs soon on busy CPUs; `None` keeps the kernel's default.
+    pub sched_slice: Option<std::time::Duration>,
     /// Discord REST base URL.
     pub api_url: String,
     /// Gateway URL override; `None` uses the `url` from `/gateway/bot`.
@@ -292,6 +297,12 @@ impl Config {
         if raw.backpressure == 0 {
             return Err(invalid("backpressure", "must be at least 1"));
         }
+        if raw.sched_slice_us != 0 && !(100..=100_000).contains(&raw.sched_slice_us) {
+            return Err(invalid(
+                "sched_slice_us",
+                "must be 0 (the kernel's default slice) or between 100 and 100000 microseconds",
+            ));
+        }
         if raw.cores == Some(0) {
             return Err(invalid("cores", "must be at least 1 (or omit it to use every core)"));
         }
@@ -331,6 +342,7 @@ impl Config {
             externally_accessible_url: raw.externally_accessible_url,
             cache: raw.cache,
             cores: raw.cores,
+            sched_slice: (raw.sched_slice_us > 0).then(|| std::time::Duration::from_micros(raw.sched_slice_us)),
             api_url: raw.api_url.trim_end_matches('/').to_owned(),
             gateway_url: raw.gateway_url.map(|u| u.trim_end_matches('/').to_owned()),
             identify_timeout_secs: raw.identify_timeout_secs,
@@ -410,6 +422,8 @@ mod tests {
             (r#"{"token":"t","intents":1,"status":"busy"}"#, "status"),
             (r#"{"token":"t","intents":1,"api_url":"ftp://x"}"#, "api_url"),
             (r#"{"token":"t","intents":1,"cores":0}"#, "cores"),
+            (r#"{"token":"t","intents":1,"sched_slice_us":50}"#, "sched_slice_us"),
+            (r#"{"token":"t","intents":1,"sched_slice_us":200000}"#, "sched_slice_us"),
         ];
         for (text, key) in cases {
             let e = Config::from_json(text, None).unwrap_err().to_string();

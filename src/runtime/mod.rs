@@ -5,6 +5,7 @@
 
 pub mod lifecycle;
 pub mod offload;
+pub mod sched;
 
 use crate::{
     config::Config,
@@ -144,6 +145,9 @@ pub fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> Result
                         log::warn!("core {index}: could not pin to CPU {}", id.id);
                     }
                 }
+                if let Some(slice) = shared.config.sched_slice {
+                    apply_slice(index, slice);
+                }
                 core_main(index, shared, mesh, fd).await;
             })
             .map_err(|e| format!("cannot start executor {index}: {e}"))?;
@@ -153,6 +157,17 @@ pub fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> Result
         h.join().map_err(|e| format!("executor {i} failed: {e}"))?;
     }
     Ok(())
+}
+
+/// Asks for the configured scheduler slice on this executor's thread.
+fn apply_slice(index: usize, slice: Duration) {
+    match sched::set_thread_slice(slice) {
+        Ok(sched::SliceOutcome::Set) => log::debug!("core {index}: scheduler slice {} µs", slice.as_micros()),
+        Ok(sched::SliceOutcome::OtherPolicy) => {
+            log::info!("core {index}: not a SCHED_OTHER thread; `sched_slice_us` left alone")
+        }
+        Err(e) => log::warn!("core {index}: could not set the scheduler slice ({e}); `sched_slice_us` has no effect"),
+    }
 }
 
 async fn core_main(
