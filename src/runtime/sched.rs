@@ -2,8 +2,8 @@
 //! events and must run as soon as one arrives; on a machine where other
 //! processes keep the CPUs busy, a woken executor otherwise waits in the
 //! run queue behind them for up to a whole default slice (milliseconds:
-//! the benchmark's added p99.9 at 1,000 events/s was +750 µs, and +80 µs
-//! with a 100 µs slice). Linux 6.12+ lets a normal (SCHED_OTHER) thread
+//! the benchmark's added p99.9 at 1,000 events/s was +750 to +940 µs, and
+//! +80 to +240 µs with a 100 µs slice). Linux 6.12+ lets a normal (SCHED_OTHER) thread
 //! ask for a shorter slice (EEVDF's custom slice, `sched_attr.sched_runtime`,
 //! no privilege needed): it is picked sooner on wake-up and preempted
 //! sooner, so its share of the CPU stays the same. Older kernels ignore
