@@ -97,6 +97,26 @@ impl Default for CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// Every kind cached (benchmarks and tests of the whole cache).
+    pub fn everything() -> Self {
+        Self {
+            channels: true,
+            roles: true,
+            emojis: true,
+            stickers: true,
+            members: true,
+            current_member: true,
+            users: true,
+            presences: true,
+            voice_states: true,
+            stage_instances: true,
+            scheduled_events: true,
+            soundboard_sounds: true,
+        }
+    }
+}
+
 /// The bot's activity as set in Identify (`{{shard}}` in `name` becomes the shard id).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Activity {

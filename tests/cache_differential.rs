@@ -1702,23 +1702,6 @@ fn compare(cache: &ShardCache, model: &Model, buf: &mut Vec<u8>) -> Result<usize
 // Running sequences
 // ---------------------------------------------------------------------------
 
-fn all_flags() -> CacheConfig {
-    CacheConfig {
-        channels: true,
-        roles: true,
-        emojis: true,
-        stickers: true,
-        members: true,
-        current_member: true,
-        users: true,
-        presences: true,
-        voice_states: true,
-        stage_instances: true,
-        scheduled_events: true,
-        soundboard_sounds: true,
-    }
-}
-
 fn random_flags(rng: &mut Rng) -> CacheConfig {
     CacheConfig {
         channels: rng.bool(),
@@ -1753,7 +1736,7 @@ fn run_sequence(seed: u64, verbose: bool, totals: &mut Totals) -> Result<(), Str
     } else {
         ("random flags", random_flags(&mut rng))
     };
-    let configs = [("all flags", all_flags()), second];
+    let configs = [("all flags", CacheConfig::everything()), second];
     let mut runs: Vec<(&str, CacheConfig, ShardCache, Model)> =
         configs.into_iter().map(|(name, f)| (name, f.clone(), ShardCache::new(f.clone()), Model::new(f))).collect();
     let mut buf = Vec::with_capacity(1 << 16);

@@ -211,25 +211,11 @@ impl FrozenGuild {
 mod tests {
     use super::*;
 
-    fn all() -> CacheConfig {
-        CacheConfig {
-            emojis: true,
-            stickers: true,
-            members: true,
-            presences: true,
-            voice_states: true,
-            stage_instances: true,
-            scheduled_events: true,
-            soundboard_sounds: true,
-            ..CacheConfig::default()
-        }
-    }
-
     #[test]
     fn create_round_trips_with_every_array() {
         let d = r#"{"id":"1","name":"g","roles":[{"id":"1","name":"@everyone"}],"member_count":2,"members":[{"user":{"id":"7"}}],"unavailable":false,"large":false,"features":["X"]}"#;
         let mut shapes = Shapes::default();
-        let g = Guild::from_create(d.as_bytes(), &all(), None, &mut shapes).unwrap();
+        let g = Guild::from_create(d.as_bytes(), &CacheConfig::everything(), None, &mut shapes).unwrap();
         let mut out = Vec::new();
         g.write_create(&shapes, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -266,8 +252,12 @@ mod tests {
     fn update_merges_fields_and_replaces_roles() {
         let d = r#"{"id":"1","name":"old","icon":null,"roles":[{"id":"1"},{"id":"2"}]}"#;
         let mut shapes = Shapes::default();
-        let mut g = Guild::from_create(d.as_bytes(), &all(), None, &mut shapes).unwrap();
-        g.apply_update(br#"{"id":"1","name":"new","banner":"b","roles":[{"id":"3"}]}"#, &all(), &mut shapes);
+        let mut g = Guild::from_create(d.as_bytes(), &CacheConfig::everything(), None, &mut shapes).unwrap();
+        g.apply_update(
+            br#"{"id":"1","name":"new","banner":"b","roles":[{"id":"3"}]}"#,
+            &CacheConfig::everything(),
+            &mut shapes,
+        );
         let mut out = Vec::new();
         g.write_create(&shapes, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

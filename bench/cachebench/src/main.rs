@@ -53,22 +53,6 @@ fn flags(members: bool) -> CacheConfig {
     CacheConfig { members, users: members, ..CacheConfig::default() }
 }
 
-/// Every kind cached.
-fn all_flags() -> CacheConfig {
-    CacheConfig {
-        members: true,
-        users: true,
-        emojis: true,
-        stickers: true,
-        presences: true,
-        voice_states: true,
-        stage_instances: true,
-        scheduled_events: true,
-        soundboard_sounds: true,
-        ..CacheConfig::default()
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -150,7 +134,9 @@ fn events(gen: &Generator, guilds: &[u32], members: u32, n: usize) -> Vec<(&'sta
 fn tables(world: &[(String, Vec<String>)], args: &Args) {
     println!("| cache | cache bytes | per guild | per member | per channel | per role | load time |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (label, f) in [("members on", flags(true)), ("members off", flags(false)), ("everything", all_flags())] {
+    for (label, f) in
+        [("members on", flags(true)), ("members off", flags(false)), ("everything", CacheConfig::everything())]
+    {
         let mut times = Vec::new();
         let mut caches = Vec::new();
         for _ in 0..args.runs {
@@ -189,7 +175,7 @@ fn tables(world: &[(String, Vec<String>)], args: &Args) {
 
 /// Serialising one shard's GUILD_CREATEs (what a new client is sent).
 fn serialisation(world: &[(String, Vec<String>)], args: &Args) {
-    let f = all_flags();
+    let f = CacheConfig::everything();
     let (caches, _) = load(world, &f);
     let mut times = Vec::new();
     let mut bytes = 0;
@@ -239,7 +225,7 @@ fn main() {
         json_bytes / args.guilds as usize
     );
     println!();
-    let f = all_flags();
+    let f = CacheConfig::everything();
     if args.snapshot_only {
         serialisation(&world, &args);
         return;
