@@ -11,6 +11,8 @@
 mod consumer;
 mod proxy;
 mod report;
+mod syscalls;
+mod trickle;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +38,12 @@ usage: cargo run --release -p loadtest -- [options]
   --latency-only     only the latency runs (for profiling)
   --burst-only       only the 1 KB plain burst with one client per shard (for profiling)
   --fanout-only      only the 1 KB plain bursts with 1 and 16 clients per shard (fan-out ratio)
+  --trickle-only     only the trickle rows (many shards, events one by one, idle, long run)
+  --no-trickle       skip the trickle rows
+  --trickle-secs N   seconds per trickle run (default 20)
+  --idle-secs N      seconds of the idle trickle row (default 30)
+  --long-secs N      seconds of the long trickle row, 128 shards at 4000/s (default 300; 0 skips it)
+  --heartbeat-ms N   heartbeat interval the trickle rows' fake asks for (default 41250, Discord's)
   --cache-guilds N   guilds of the issue-3 rows (default 2000)
   --proxy PATH       proxy binary to test (default target/release/gateway-proxy)
   --no-build         do not run `cargo build --release -p gateway-proxy` first
@@ -70,6 +78,12 @@ struct Args {
     cache_members: u32,
     proxy: Option<PathBuf>,
     build: bool,
+    trickle: bool,
+    trickle_only: bool,
+    trickle_secs: f64,
+    idle_secs: u64,
+    long_secs: u64,
+    heartbeat_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -87,6 +101,12 @@ fn parse_args() -> Result<Args, String> {
         cache_members: 200,
         proxy: None,
         build: true,
+        trickle: true,
+        trickle_only: false,
+        trickle_secs: 20.0,
+        idle_secs: 30,
+        long_secs: 300,
+        heartbeat_ms: 41_250,
     };
     let (mut runs, mut burst, mut lat, mut guilds) = (None, None, None, None);
     let mut it = std::env::args().skip(1);
@@ -113,6 +133,15 @@ fn parse_args() -> Result<Args, String> {
                 a.latency_only = true;
                 a.cache_rows = false;
             }
+            "--trickle-only" => {
+                a.trickle_only = true;
+                a.cache_rows = false;
+            }
+            "--no-trickle" => a.trickle = false,
+            "--trickle-secs" => a.trickle_secs = num("--trickle-secs")?.clamp(1, 3600) as f64,
+            "--idle-secs" => a.idle_secs = num("--idle-secs")?.clamp(1, 3600),
+            "--long-secs" => a.long_secs = num("--long-secs")?.min(24 * 3600),
+            "--heartbeat-ms" => a.heartbeat_ms = num("--heartbeat-ms")?.clamp(100, 600_000),
             "--cache-guilds" => guilds = Some(num("--cache-guilds")?.clamp(1, 20_000) as u32),
             "--no-build" => a.build = false,
             "--proxy" => {
@@ -127,6 +156,12 @@ fn parse_args() -> Result<Args, String> {
         a.runs = 1;
         a.burst = 40_000;
         a.latency_events = 2_000;
+        a.trickle_secs = 5.0;
+        a.idle_secs = 5;
+        a.long_secs = 0;
+    }
+    if a.burst_only || a.fanout_only || a.latency_only || a.cache_only {
+        a.trickle = false;
     }
     a.runs = runs.unwrap_or(a.runs);
     a.burst = burst.unwrap_or(a.burst);
@@ -207,12 +242,6 @@ struct Target {
     proxy: Option<Proxy>,
 }
 
-impl Target {
-    fn cpu(&self) -> Option<Cpu> {
-        self.proxy.as_ref().map(Proxy::cpu)
-    }
-}
-
 /// One load run.
 #[derive(Clone, Copy, Debug)]
 struct Load {
@@ -225,6 +254,12 @@ struct Load {
     rate: Option<f64>,
     record_latency: bool,
     timeout: Duration,
+    /// Start each shard's firehose a fraction of its interval after the previous one.
+    stagger: bool,
+    /// Measure an idle window of this length (consumers attached, nothing sent) instead of the firehose.
+    idle: Option<Duration>,
+    /// Count the proxy's syscalls over the window (perf; adds a little overhead to each syscall).
+    count_syscalls: bool,
 }
 
 /// What one run measured.
@@ -259,6 +294,14 @@ pub struct RunResult {
     pub wire_bytes: u64,
     /// Resumes after the server closed a consumer (e.g. 4000 for falling behind).
     pub resumes: u64,
+    /// Proxy threads' context switches over the window (each a sleep and a wake-up).
+    pub wakeups: Option<u64>,
+    /// The proxy's syscalls over the window, when counted.
+    pub syscalls: Option<syscalls::Counts>,
+    /// IDENTIFYs and RESUMEs the fake received during the run.
+    pub upstream_sessions: u64,
+    /// Proxy log lines about a zombied upstream connection during the run.
+    pub zombied: u64,
     /// Why consumers were closed before they resumed (first few).
     pub disconnects: Vec<String>,
 }
@@ -304,8 +347,8 @@ fn self_cpu() -> Cpu {
     proxy::cpu_of(std::process::id())
 }
 
-fn marker_payload(fake: &FakeDiscord, shard: u32, tag: &str) -> serde_json::Value {
-    let guild = fake.guild_ids_for_shard(shard, SHARDS).first().copied().unwrap_or(1);
+fn marker_payload(fake: &FakeDiscord, shard: u32, shards: u32, tag: &str) -> serde_json::Value {
+    let guild = fake.guild_ids_for_shard(shard, shards).first().copied().unwrap_or(1);
     json!({
         "user_id": fake.bot_user_id().to_string(),
         "timestamp": 0,
@@ -324,7 +367,8 @@ async fn run_load(target: &Target, load: Load) -> Result<RunResult, String> {
     let mut readies = Vec::new();
     let mut marks = Vec::new();
     let mut handles = Vec::new();
-    for shard in 0..SHARDS {
+    let shards = target.endpoint.shards;
+    for shard in 0..shards {
         for _ in 0..load.clients_per_shard {
             let (ready, ready_rx) = oneshot::channel();
             let (marked, marked_rx) = oneshot::channel();
@@ -359,8 +403,8 @@ async fn run_load(target: &Target, load: Load) -> Result<RunResult, String> {
         let _ = stop_tx.send(true);
         return Err(fail("consumers did not all get READY", collect(handles, STOP_GRACE).await));
     }
-    for shard in 0..SHARDS {
-        if target.fake.inject(shard, "TYPING_START", marker_payload(&target.fake, shard, &tag)).is_none() {
+    for shard in 0..shards {
+        if target.fake.inject(shard, "TYPING_START", marker_payload(&target.fake, shard, shards, &tag)).is_none() {
             let _ = stop_tx.send(true);
             return Err(fail(&format!("shard {shard} has no session at the fake"), collect(handles, STOP_GRACE).await));
         }
@@ -371,18 +415,36 @@ async fn run_load(target: &Target, load: Load) -> Result<RunResult, String> {
         return Err(fail("consumers did not all see the marker", collect(handles, STOP_GRACE).await));
     }
     let mut result = RunResult {
-        events: load.per_shard * u64::from(SHARDS),
-        expected: load.per_shard * u64::from(SHARDS) * u64::from(load.clients_per_shard),
+        events: load.per_shard * u64::from(shards),
+        expected: load.per_shard * u64::from(shards) * u64::from(load.clients_per_shard),
         ..RunResult::default()
     };
-    let cpu0 = target.cpu();
-    let self0 = self_cpu();
-    let busy0 = machine_busy_secs();
+    let pid = target.proxy.as_ref().map(Proxy::pid);
+    let fake_sessions0 = target.fake.identify_count() + target.fake.resume_count();
+    let log0 = target.proxy.as_ref().map_or(0, |p| p.log_lines().len());
+    if let Some(idle) = load.idle {
+        // Nothing is sent: the window is the idle time alone; the firehose
+        // that follows only lets the consumers end.
+        let probe = Probe::start(pid, load.count_syscalls);
+        tokio::time::sleep(idle).await;
+        probe.stop(&mut result);
+        result.events = 0;
+    }
+    let probe = (load.idle.is_none()).then(|| Probe::start(pid, load.count_syscalls));
     let t0 = Instant::now();
     let spec = FirehoseSpec { count: load.per_shard, rate: load.rate, mix: load.mix };
     let mut hoses = Vec::new();
+    // Staggered: shard k starts k/N of an interval after shard 0, so events
+    // of different shards arrive apart, as Discord's do, not all at once.
+    let stagger = match (load.stagger, load.rate) {
+        (true, Some(rate)) if rate > 0.0 => Some(Duration::from_secs_f64(1.0 / rate / f64::from(shards))),
+        _ => None,
+    };
     if load.per_shard > 0 {
-        for shard in 0..SHARDS {
+        for shard in 0..shards {
+            if let Some(step) = stagger {
+                tokio::time::sleep_until((t0 + step * shard).into()).await;
+            }
             match target.fake.firehose(shard, spec) {
                 Some(h) => hoses.push(h),
                 None => {
@@ -404,10 +466,9 @@ async fn run_load(target: &Target, load: Load) -> Result<RunResult, String> {
             all.await
         }
     };
-    let cpu1 = target.cpu();
-    let self1 = self_cpu();
-    let busy1 = machine_busy_secs();
-    result.window = t0.elapsed();
+    if let Some(probe) = probe {
+        probe.stop(&mut result);
+    }
     for h in hoses {
         let _ = tokio::time::timeout(Duration::from_secs(2), h.finished()).await;
     }
@@ -429,14 +490,54 @@ async fn run_load(target: &Target, load: Load) -> Result<RunResult, String> {
         }
     }
     result.elapsed = last.duration_since(t0);
-    result.proxy_cpu = cpu0.zip(cpu1).map(|(a, b)| a.secs_until(b));
-    result.loadgen_cpu = self0.secs_until(self1);
-    result.other_cpu = (busy1 - busy0 - result.loadgen_cpu - result.proxy_cpu.unwrap_or(0.0)).max(0.0);
+    result.upstream_sessions = target.fake.identify_count() + target.fake.resume_count() - fake_sessions0;
     if let Some(p) = &target.proxy {
         result.rss_kib = p.rss_kib();
         result.hwm_kib = p.hwm_kib();
+        result.zombied = p.log_lines().iter().skip(log0).filter(|l| l.contains("zombied")).count() as u64;
     }
     Ok(result)
+}
+
+/// What is measured over a run's window: the proxy's CPU and wake-ups,
+/// this process's CPU, the machine's, and (optionally) the proxy's
+/// syscalls.
+struct Probe {
+    pid: Option<u32>,
+    cpu: Option<Cpu>,
+    wakeups: Option<u64>,
+    own: Cpu,
+    busy: f64,
+    syscalls: Option<syscalls::Counter>,
+    at: Instant,
+}
+
+impl Probe {
+    fn start(pid: Option<u32>, count_syscalls: bool) -> Probe {
+        let syscalls = pid.filter(|_| count_syscalls).and_then(syscalls::Counter::start);
+        Probe {
+            pid,
+            cpu: pid.map(proxy::cpu_of),
+            wakeups: pid.map(proxy::wakeups_of),
+            own: self_cpu(),
+            busy: machine_busy_secs(),
+            syscalls,
+            at: Instant::now(),
+        }
+    }
+
+    fn stop(self, result: &mut RunResult) {
+        let cpu = self.pid.map(proxy::cpu_of);
+        let wakeups = self.pid.map(proxy::wakeups_of);
+        let own = self_cpu();
+        let busy = machine_busy_secs();
+        result.window = self.at.elapsed();
+        result.proxy_cpu = self.cpu.zip(cpu).map(|(a, b)| a.secs_until(b));
+        result.wakeups = self.wakeups.zip(wakeups).map(|(a, b)| b.saturating_sub(a));
+        result.loadgen_cpu = self.own.secs_until(own);
+        result.other_cpu = (busy - self.busy - result.loadgen_cpu - result.proxy_cpu.unwrap_or(0.0)).max(0.0);
+        result.syscalls = self.syscalls.and_then(syscalls::Counter::stop);
+    }
 }
 
 /// Waits for the consumers, at most `bound`; then aborts those left.
@@ -489,8 +590,9 @@ async fn proxy_target(
     sync_timeout: Duration,
 ) -> Result<Target, String> {
     let proxy = Proxy::start(binary, dir, settings, &fake.api_url(), &fake.gateway_url(), fake.token())?;
-    let endpoint = Endpoint { url: proxy.url(), token: fake.token().to_owned(), shards: SHARDS };
-    let connected = fake.wait_until(sync_timeout, |f| (0..SHARDS).all(|s| f.connected(s))).await;
+    let shards = proxy.settings.shards;
+    let endpoint = Endpoint { url: proxy.url(), token: fake.token().to_owned(), shards };
+    let connected = fake.wait_until(sync_timeout, |f| (0..shards).all(|s| f.connected(s))).await;
     if !connected {
         return Err(format!("{name}: the proxy did not connect every shard:\n{}", proxy.log_lines().join("\n")));
     }
@@ -510,6 +612,9 @@ async fn sync(target: &Target, timeout: Duration) -> Result<(), String> {
         rate: None,
         record_latency: false,
         timeout,
+        stagger: false,
+        idle: None,
+        count_syscalls: false,
     };
     run_load(target, load).await.map(|_| ())
 }
@@ -562,6 +667,9 @@ impl Scenario {
                     rate: None,
                     record_latency: false,
                     timeout: Duration::from_secs(20 + deliveries / 40_000).min(Duration::from_secs(300)),
+                    stagger: false,
+                    idle: None,
+                    count_syscalls: false,
                 }
             }
             Scenario::Latency => {
@@ -575,6 +683,9 @@ impl Scenario {
                     rate: Some(rate),
                     record_latency: true,
                     timeout: Duration::from_secs_f64(per_shard as f64 / rate + 20.0),
+                    stagger: false,
+                    idle: None,
+                    count_syscalls: false,
                 }
             }
         }
@@ -610,6 +721,22 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     eprintln!("loadtest: starting fakes and proxies ({} runs, burst {} events)", args.runs, args.burst);
+
+    let trickle_args = trickle::TrickleArgs {
+        runs: args.runs,
+        secs: args.trickle_secs,
+        idle_secs: args.idle_secs,
+        long_secs: args.long_secs,
+        heartbeat_ms: args.heartbeat_ms,
+        cores: 2,
+    };
+    if args.trickle_only {
+        let tables = trickle::run(&trickle_args, &binary, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("## gateway-proxy loadtest: trickle rows\n\n{}\n\n{tables}", machine.describe());
+        eprintln!("loadtest: done in {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
 
     let start_fake = || async {
         FakeDiscord::start(fake_config(40, 25)).await.map_err(|e| format!("starting the fake Discord: {e}"))
@@ -739,6 +866,7 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
 
     let cache_rows = if args.cache_rows { cache_rows(&args, &binary, &dir).await } else { Vec::new() };
     let big_shard_rows = if args.cache_rows { big_shard_rows(&args, &binary, &dir).await } else { Vec::new() };
+    let trickle_tables = if args.trickle { trickle::run(&trickle_args, &binary, &dir).await } else { String::new() };
     let _ = std::fs::remove_dir_all(&dir);
     let out = report::render(&report::Report {
         machine,
@@ -755,7 +883,7 @@ async fn run(args: Args, root: PathBuf, binary: PathBuf) -> Result<(), String> {
         proxy_logs,
         wall: started.elapsed(),
     });
-    println!("{out}");
+    println!("{out}\n{trickle_tables}");
     Ok(())
 }
 

@@ -91,6 +91,25 @@ pub fn cpu_of(pid: u32) -> Cpu {
     cpu
 }
 
+/// Context switches of every thread of `pid` (voluntary and not): each is
+/// the thread leaving the CPU, so over a window this counts its wake-ups.
+pub fn wakeups_of(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let mut n = 0;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in text.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                n += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
 /// A `Vm*` line of /proc/PID/status, in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -65,6 +65,16 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// The machine and binary, in two lines.
+    pub fn describe(&self) -> String {
+        format!(
+            "machine: {} CPUs, {}, {:.1} GiB RAM, Linux {}, load average at start {}\nproxy:   {} ({})",
+            self.cpus, self.model, self.mem_gib, self.kernel, self.loadavg, self.binary, self.git
+        )
+    }
+}
+
 /// RSS figures of one proxy of the throughput runs.
 pub struct MemoryRow {
     pub target: String,
