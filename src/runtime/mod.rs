@@ -5,6 +5,8 @@
 
 pub mod lifecycle;
 pub mod offload;
+#[cfg(test)]
+mod park_tests;
 pub mod sched;
 
 use crate::{

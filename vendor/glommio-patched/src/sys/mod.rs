@@ -306,6 +306,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // gateway-proxy patch: pairs with the fence the sleeping executor
+        // issues after `prepare_to_sleep` (glommio used a membarrier there):
+        // either it sees what was queued before this call, or this sees
+        // `should_notify` set.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

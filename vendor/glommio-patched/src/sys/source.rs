@@ -224,6 +224,12 @@ impl Source {
         })
     }
 
+    /// gateway-proxy patch: whether the request was handed to a ring and its
+    /// completion not yet consumed.
+    pub(crate) fn is_in_flight(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

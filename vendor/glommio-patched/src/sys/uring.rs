@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -637,6 +637,7 @@ pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
+    #[allow(dead_code)]
     fn in_kernel(&self) -> usize;
     fn waiting_kernel_collection(&self) -> usize;
     fn needs_kernel_enter(&self) -> bool;
@@ -920,41 +921,6 @@ impl SleepableRing {
         self.ring.raw().ring_fd
     }
 
-    /// This function prepares a timer that fires unconditionally after a
-    /// certain duration. The timer is added at the front of the queue such
-    /// that it will be the first SQE submitted the next time we enter the
-    /// latency ring
-    fn prepare_latency_preemption_timer(&mut self, d: Duration) -> Source {
-        let source = Source::new(
-            IoRequirements::default(),
-            -1,
-            SourceType::Timeout(TimeSpec64::try_from(d).unwrap(), 0),
-            None,
-            None,
-        );
-        let op = match &*source.source_type() {
-            SourceType::Timeout(ts, events) => {
-                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
-            }
-            _ => unreachable!(),
-        };
-
-        self.submission_queue()
-            .borrow_mut()
-            .submissions
-            .push_front(UringDescriptor {
-                args: op,
-                fd: -1,
-                flags: SubmissionFlags::empty(),
-                user_data: to_user_data(
-                    self.source_map
-                        .borrow_mut()
-                        .add_source(&source, self.submission_queue.clone()),
-                ),
-            });
-        source
-    }
-
     /// This function prepares a timer that fires only after a given number of
     /// CQEs are available on the main ring. This timer is linked with a write
     /// to the latency ring's event fd such that this timer triggers a
@@ -1044,6 +1010,101 @@ impl SleepableRing {
         }
     }
 
+    // gateway-proxy patch: moves queued requests into the SQ without
+    // entering the kernel (unless the SQ is full), so that the enter that
+    // goes to sleep also submits them.
+    fn stage_submissions(&mut self) -> io::Result<()> {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        loop {
+            match self.submit_one_event(&mut queue.submissions) {
+                Some(true) => {}
+                Some(false) => return Ok(()),
+                // No SQE left: hand what is staged to the kernel and go on.
+                None => {
+                    self.submit_sqes()
+                        .or_else(Reactor::busy_ok)
+                        .or_else(Reactor::again_ok)
+                        .or_else(Reactor::intr_ok)?;
+                }
+            }
+        }
+    }
+
+    // gateway-proxy patch: whether the ring may sleep with requests staged
+    // in its SQ (they are submitted by the enter that sleeps).
+    fn can_sleep_staged(&self) -> bool {
+        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
+    }
+
+    // gateway-proxy patch: a timeout request, queued like any other.
+    fn queue_timeout(&mut self, d: Duration) -> Source {
+        let source = Source::new(
+            IoRequirements::default(),
+            -1,
+            SourceType::Timeout(TimeSpec64::try_from(d).unwrap(), 0),
+            None,
+            None,
+        );
+        let op = match &*source.source_type() {
+            SourceType::Timeout(ts, events) => {
+                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
+            }
+            _ => unreachable!(),
+        };
+        let user_data = to_user_data(
+            self.source_map
+                .borrow_mut()
+                .add_source(&source, self.submission_queue.clone()),
+        );
+        self.submission_queue()
+            .borrow_mut()
+            .submissions
+            .push_back(UringDescriptor {
+                args: op,
+                fd: -1,
+                flags: SubmissionFlags::empty(),
+                user_data,
+            });
+        source
+    }
+
+    // gateway-proxy patch: the poll that wakes this ring when `link_fd` (the
+    // latency ring) gets a completion, queued like any other request.
+    fn queue_link(&mut self, link_fd: RawFd) -> Source {
+        let link = Source::new(
+            IoRequirements::default(),
+            link_fd,
+            SourceType::LinkRings,
+            None,
+            None,
+        );
+        let user_data = to_user_data(
+            self.source_map
+                .borrow_mut()
+                .add_source(&link, self.submission_queue.clone()),
+        );
+        self.submission_queue()
+            .borrow_mut()
+            .submissions
+            .push_back(UringDescriptor {
+                fd: link_fd,
+                flags: SubmissionFlags::empty(),
+                user_data,
+                args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
+            });
+        link
+    }
+
+    // gateway-proxy patch: submits what is staged and sleeps until a
+    // completion, in one io_uring_enter.
+    fn submit_and_sleep(&mut self) -> io::Result<usize> {
+        let x = self.ring.submit_sqes_and_wait(1)? as usize;
+        self.in_kernel += x;
+        Ok(x)
+    }
+
+    #[allow(dead_code)]
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
@@ -1221,8 +1282,18 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+
+    // gateway-proxy patch: the timeout that ends a sleep at the earliest
+    // user timer, kept armed while that deadline stays the earliest.
+    sleep_timer: RefCell<Option<(Instant, Source)>>,
+    // gateway-proxy patch: the poll linking the latency ring to the main
+    // ring, kept armed until it fires.
+    link_src: RefCell<Option<Source>>,
+    // gateway-proxy patch: when the running task queue must yield (checked
+    // in user space by `preempt_deadline_passed`).
+    preempt_deadline: Cell<Option<Instant>>,
+    preempt_checks: Cell<u32>,
 
     link_fd: RawFd,
 
@@ -1352,8 +1423,11 @@ impl Reactor {
             main_ring: RefCell::new(main_ring),
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
-            latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            sleep_timer: RefCell::new(None),
+            link_src: RefCell::new(None),
+            preempt_deadline: Cell::new(None),
+            preempt_checks: Cell::new(0),
             blocking_thread,
             link_fd,
             notifier,
@@ -1718,24 +1792,6 @@ impl Reactor {
         }
     }
 
-    /// We want to go to sleep, but we can only go to sleep in one of the rings,
-    /// as we only have one thread. There are more than one sleepable rings, so
-    /// what we do is we take advantage of the fact that the ring's `ring_fd` is
-    /// pollable and register a `POLL_ADD` event into the ring we will wait on.
-    ///
-    /// We may not be able to register an `SQE` at this point, so we return an
-    /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        let link_rings = Source::new(
-            IoRequirements::default(),
-            self.link_fd,
-            SourceType::LinkRings,
-            None,
-            None,
-        );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
-    }
-
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
         self.poll_ring.borrow_mut().poll(woke)?;
         self.main_ring.borrow_mut().poll(woke)?;
@@ -1797,7 +1853,7 @@ impl Reactor {
     pub(crate) fn wait<Preempt, F>(
         &self,
         preempt_timer: Preempt,
-        user_timer: Option<Duration>,
+        user_timer: Option<Instant>,
         mut woke: usize,
         process_remote_channels: F,
     ) -> io::Result<bool>
@@ -1805,6 +1861,9 @@ impl Reactor {
         Preempt: Fn() -> Option<Duration>,
         F: Fn() -> usize,
     {
+        // gateway-proxy patch: this function is glommio 0.9.0's `wait`
+        // rewritten so that a pass that goes to sleep costs one
+        // io_uring_enter and no membarrier. See PATCHES.md.
         woke += self.flush_syscall_thread();
 
         let mut poll_ring = self.poll_ring.borrow_mut();
@@ -1814,85 +1873,123 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // The preemption timer is a deadline checked in user space (see
+        // `preempt_deadline_passed`) instead of a timeout request cancelled
+        // and armed again in the latency ring at every pass.
+        let preempt = preempt_timer();
+        self.preempt_deadline.set(preempt.map(|d| Instant::now() + d));
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
+        // The throughput-based timeout counts main-ring completions from
+        // when it is armed: arm it again only once it has fired.
+        let throughput = self.throughput_preemption_timeout_src.take();
+        let throughput = match throughput {
+            Some(src) if src.is_in_flight() => src,
+            _ => main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
             ),
-        ));
+        };
+        self.throughput_preemption_timeout_src.set(Some(throughput));
 
-        // This will only dispatch if we run out of sqes. Which means until
-        // flush_rings! nothing is really send to the kernel...
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
-        // ... which happens right here. If you ever reorder this code just
-        // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        // The latency and poll rings are entered only if they have requests;
+        // the main ring's requests go into its SQ without entering yet.
+        flush_rings!(lat_ring, poll_ring)?;
+        main_ring.stage_submissions()?;
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && main_ring.can_sleep_staged()
             && lat_ring.can_sleep();
 
-        if should_sleep {
-            // We are about to go to sleep. It's ok to sleep, but if there
-            // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+        if !should_sleep {
+            if main_ring.needs_kernel_enter() {
+                main_ring
+                    .submit_sqes()
+                    .or_else(Self::busy_ok)
+                    .or_else(Self::again_ok)
+                    .or_else(Self::intr_ok)?;
             }
-            // From this moment on the remote executors are aware that we are sleeping
-            // We have to sweep the remote channels function once more because since
-            // last time until now it could be that something happened in a remote executor
-            // that opened up room. If it did we bail on sleep and go process it.
-            self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
-            let events = process_remote_channels() + self.flush_syscall_thread();
-            if events == 0 {
-                if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
-                    // May have new cancellations related to the link ring fd.
-                    flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
-                    flush_rings!(lat_ring, poll_ring, main_ring)?;
-                    consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
-                }
-                // Woke up, so no need to notify us anymore.
-                self.notifier.wake_up();
-            }
+            return Ok(false);
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+        // The earliest user timer ends the sleep. Its timeout stays armed
+        // across passes while that deadline stays the earliest; a changed
+        // deadline cancels it (in the same enter) and arms a new one.
+        {
+            let mut slot = self.sleep_timer.borrow_mut();
+            let keep = matches!((&*slot, user_timer), (Some((at, src)), Some(want)) if *at == want && src.is_in_flight());
+            if !keep {
+                // Dropping an armed timeout queues its cancellation.
+                *slot = user_timer.map(|at| {
+                    let d = at.saturating_duration_since(Instant::now());
+                    (at, main_ring.queue_timeout(d))
+                });
+            }
         }
+        // The poll that wakes the main ring when the latency ring completes
+        // something stays armed until it fires.
+        {
+            let mut link = self.link_src.borrow_mut();
+            if !link.as_ref().is_some_and(|l| l.is_in_flight()) {
+                *link = Some(main_ring.queue_link(self.link_fd));
+            }
+        }
+        if main_ring.consume_cancellation_queue().is_err() {
+            // No room for the cancellations: do not sleep this time.
+            return Ok(false);
+        }
+        main_ring.stage_submissions()?;
 
-        // A Note about `need_preempt`:
-        //
-        // If in the last call to consume_rings! some events completed, the tail and
-        // head would have moved to match. So it does not matter that events were
-        // generated after we registered the timer: since we consumed them here,
-        // need_preempt() should be false at this point. As soon as the next event
-        // in the preempt ring completes, though, then it will be true.
-        Ok(should_sleep)
+        // From this moment on the remote executors are aware that we are
+        // sleeping. We have to sweep the remote channels once more: something
+        // may have happened in a remote executor since the last look. The
+        // sequentially consistent fence pairs with the one in
+        // `SleepNotifier::notify` (glommio issued a membarrier here, which
+        // interrupts every CPU running one of the process's threads).
+        self.notifier.prepare_to_sleep();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let events = process_remote_channels() + self.flush_syscall_thread();
+        let slept = if events == 0 && self.eventfd_src.is_installed().unwrap() {
+            main_ring
+                .submit_and_sleep()
+                .or_else(Self::busy_ok)
+                .or_else(Self::again_ok)
+                .or_else(Self::intr_ok)?;
+            true
+        } else {
+            if main_ring.needs_kernel_enter() {
+                main_ring
+                    .submit_sqes()
+                    .or_else(Self::busy_ok)
+                    .or_else(Self::again_ok)
+                    .or_else(Self::intr_ok)?;
+            }
+            false
+        };
+        // Woke up, so no need to notify us anymore.
+        self.notifier.wake_up();
+        if slept {
+            consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
+        }
+        Ok(slept)
+    }
+
+    /// gateway-proxy patch: whether the running task queue has used its
+    /// preemption budget. The clock is read at every eighth call only: the
+    /// budget is in milliseconds and this is called for every task run.
+    #[inline]
+    pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        let Some(at) = self.preempt_deadline.get() else {
+            return false;
+        };
+        let n = self.preempt_checks.get().wrapping_add(1);
+        self.preempt_checks.set(n);
+        n % 8 == 0 && Instant::now() >= at
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
