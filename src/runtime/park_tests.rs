@@ -6,7 +6,7 @@
 //! another executor. A lost wake-up shows here as a wait that ends only at
 //! the watchdog (far longer than any of these waits).
 
-use futures_lite::{future, AsyncReadExt};
+use futures_lite::AsyncReadExt;
 use glommio::{timer::sleep, LocalExecutorBuilder, Placement};
 use std::{
     io::Write,
