@@ -96,7 +96,7 @@ fn run() -> Result<(), String> {
         )
     });
     let gateway_url = config.gateway_url.clone().unwrap_or(gateway.url.trim_end_matches('/').to_owned());
-    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signals = Signals::install(cores).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let restore: HashMap<u32, SavedShard> = config
         .state_file
         .as_deref()

@@ -396,3 +396,33 @@ async fn a_silent_client_is_asked_for_a_heartbeat_then_closed() {
     }
     assert!(asked, "the proxy asked for a heartbeat first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_session_expires_after_session_ttl_and_not_before() {
+    // Expiry is scheduled for when the session can expire (the core is not
+    // woken periodically to look): it must still happen, and not before.
+    let ttl = Duration::from_secs(2);
+    let (fake, proxy) = setup(1, 2, json!({"session_ttl": ttl.as_secs()})).await;
+    let mut a = client(&proxy).await;
+    let ready = a.identify_and_load(fake.token(), 0, 1).await;
+    let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let seq = 1 + ready["d"]["guilds"].as_array().unwrap().len() as u64;
+    drop(a);
+    // Half the ttl later the session is still there.
+    tokio::time::sleep(ttl / 2).await;
+    let mut b = client(&proxy).await;
+    assert_eq!(b.payload().await["op"], 10);
+    b.resume(fake.token(), &session_id, seq).await;
+    let resumed = b.dispatch().await;
+    assert_eq!(resumed["t"], "RESUMED", "{resumed}");
+    // RESUMED has its own seq; a resume continues from it.
+    let seq = resumed["s"].as_u64().unwrap();
+    drop(b);
+    // Well past the ttl after this disconnect, it is gone.
+    tokio::time::sleep(ttl + Duration::from_secs(3)).await;
+    let mut c = client(&proxy).await;
+    assert_eq!(c.payload().await["op"], 10);
+    c.resume(fake.token(), &session_id, seq).await;
+    let p = c.payload().await;
+    assert_eq!((p["op"].as_u64(), p["d"].as_bool()), (Some(9), Some(false)), "the session did not expire: {p}");
+}

@@ -149,7 +149,12 @@ async fn drive(core: Rc<Core>, mut conn: PendingConn, mut intent: Option<Intent>
         let owner = core.shared.core_of(next.shard());
         if owner != core.index {
             log::debug!("{}: shard {} is on core {owner}; handing over", conn.peer, next.shard());
-            if core.mesh.send_to(owner, Handover { conn, intent: next }).await.is_err() {
+            if core
+                .mesh
+                .send_to(owner, crate::runtime::CoreMessage::Handover(Handover { conn, intent: next }))
+                .await
+                .is_err()
+            {
                 log::error!("core {owner} is gone; dropping a handed-over connection");
             }
             return;
@@ -392,6 +397,7 @@ async fn serve_session(
     let Some(write_stream) = stream_of_raw(read_stream.as_raw_fd()) else {
         hub.unsubscribe(conn_id);
         session.disconnected(generation);
+        core.session_bell.ring();
         return Ok(());
     };
     let ctx = writer::WriterContext {
@@ -490,6 +496,7 @@ async fn serve_session(
     }
     hub.unsubscribe(conn_id);
     session.disconnected(generation);
+    core.session_bell.ring();
     queue.close();
     log::info!("{peer}: client {conn_id} of shard {} disconnected (session {} resumable)", hub.id, session.id);
     Ok(())

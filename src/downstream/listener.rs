@@ -92,6 +92,7 @@ async fn handle(core: Rc<Core>, mut stream: TcpStream) {
             "/shard-count" => Some(reply(200, "OK", core.shared.total_shards.to_string())),
             "/health" => Some(reply(200, "OK", "ok\n".into())),
             "/metrics" => {
+                crate::runtime::sample_metrics(&core).await;
                 Some(http::response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &crate::metrics::render()))
             }
             "/ready" => {

@@ -446,7 +446,12 @@ impl ShardHub {
         before - self.sessions.borrow().len()
     }
 
-    /// Refreshes the gauges that are sampled rather than counted.
+    /// When the next disconnected session expires, if any.
+    pub fn next_expiry(&self, ttl: Duration) -> Option<Instant> {
+        self.sessions.borrow().values().filter_map(|s| s.disconnected_at()).min().map(|t| t + ttl)
+    }
+
+    /// Refreshes the gauges that are sampled rather than counted (at each `/metrics` scrape).
     pub fn sample_metrics(&self) {
         let m = &self.metrics;
         let subs = self.subscribers.borrow();

@@ -107,6 +107,11 @@ impl Routing {
         let mut fields = parse_object(d)?;
         let client_nonce = fields.iter().position(|(k, _)| k == "nonce").map(|i| fields.remove(i).1);
         self.counter += 1;
+        if self.counter.is_multiple_of(64) {
+            // Requests never answered are dropped here too, not only when a
+            // session expires (which may never happen on a quiet proxy).
+            self.requests.retain(|_, r| r.at.elapsed() < NONCE_TTL);
+        }
         let nonce = format!("gp{:x}.{:x}", session, self.counter);
         let nonce_raw = RawValue::from_string(serde_json::to_string(&nonce).ok()?).ok()?;
         fields.push(("nonce".to_owned(), nonce_raw));

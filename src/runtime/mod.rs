@@ -1,8 +1,10 @@
 //! Executors: one glommio executor per core, pinned with core_affinity, each
 //! owning a disjoint slice of the shards and the clients attached to them.
-//! Cores talk only through glommio's channel mesh, and only to hand a client
-//! connection to the core that owns its shard.
+//! Cores talk only through glommio's channel mesh: to hand a client
+//! connection to the core that owns its shard, and to refresh metrics for
+//! a scrape.
 
+pub mod doorbell;
 pub mod lifecycle;
 pub mod offload;
 #[cfg(test)]
@@ -27,7 +29,7 @@ use std::{
     os::fd::{FromRawFd, IntoRawFd, OwnedFd},
     rc::Rc,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// io_uring buffer memory per executor: the proxy does no storage I/O, so a
@@ -35,10 +37,18 @@ use std::{
 const IO_MEMORY: usize = 256 << 10;
 /// How long shard tasks get to close their connections at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// How often expired client sessions are dropped and sampled metrics refreshed.
-const SESSION_SWEEP: Duration = Duration::from_secs(2);
 /// Handovers in flight between two cores.
 const MESH_CAPACITY: usize = 256;
+/// Longest a `/metrics` scrape waits for another core's shards.
+const SAMPLE_WAIT: Duration = Duration::from_secs(1);
+
+/// What one core asks of another through the core mesh.
+pub enum CoreMessage {
+    /// A client connection for a shard the receiving core owns.
+    Handover(Handover),
+    /// Refresh the sampled gauges of the receiving core's shards, then answer.
+    SampleMetrics(futures_channel::oneshot::Sender<()>),
+}
 
 /// What every core knows, fixed at start-up.
 pub struct Shared {
@@ -87,7 +97,9 @@ pub struct Core {
     /// The shards this core owns.
     pub hubs: HashMap<u32, Rc<ShardHub>>,
     /// Channels to the other cores.
-    pub mesh: Senders<Handover>,
+    pub mesh: Senders<CoreMessage>,
+    /// Rung when a client session loses its connection (it may expire).
+    pub session_bell: doorbell::Doorbell,
     next_conn: Cell<u64>,
 }
 
@@ -131,7 +143,7 @@ pub fn run(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> Result
     if cores > core_ids.len().max(1) {
         log::warn!("`cores` is {cores} but the process may use {} CPUs: executors will share CPUs", core_ids.len());
     }
-    let mesh: MeshBuilder<Handover, _> = MeshBuilder::full(cores, MESH_CAPACITY);
+    let mesh: MeshBuilder<CoreMessage, _> = MeshBuilder::full(cores, MESH_CAPACITY);
     let mut handles = Vec::with_capacity(cores);
     for (index, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
@@ -175,7 +187,7 @@ fn apply_slice(index: usize, slice: Duration) {
 async fn core_main(
     index: usize,
     shared: Arc<Shared>,
-    mesh: MeshBuilder<Handover, glommio::channels::channel_mesh::Full>,
+    mesh: MeshBuilder<CoreMessage, glommio::channels::channel_mesh::Full>,
     listener: OwnedFd,
 ) {
     let (senders, mut receivers) = mesh.join().await.expect("joining the core mesh");
@@ -203,39 +215,44 @@ async fn core_main(
     // those of a previous run whose sessions were restored: start from the clock.
     let first_id =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64) << 10;
-    let core = Rc::new(Core { index, shared: shared.clone(), hubs, mesh: senders, next_conn: Cell::new(first_id) });
+    let core = Rc::new(Core {
+        index,
+        shared: shared.clone(),
+        hubs,
+        mesh: senders,
+        session_bell: doorbell::Doorbell::default(),
+        next_conn: Cell::new(first_id),
+    });
     let shard_tasks: Vec<_> =
         core.hubs.values().map(|hub| glommio::spawn_local(shard::run(hub.clone(), shared.clone()))).collect();
-    glommio::spawn_local(watch_reloads(core.clone())).detach();
-    {
+    let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
+    glommio::spawn_local(watch_signals(core.clone(), stop_tx)).detach();
+    glommio::spawn_local(expire_sessions(core.clone())).detach();
+    for (_, rx) in receivers.streams() {
         let core = core.clone();
-        let ttl = Duration::from_secs(shared.config.session_ttl);
         glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(SESSION_SWEEP).await;
-                for hub in core.hubs.values() {
-                    hub.sample_metrics();
-                    let n = hub.expire_sessions(ttl);
-                    if n > 0 {
-                        log::debug!("[shard {}] {n} client sessions expired", hub.id);
+            while let Some(message) = rx.recv().await {
+                match message {
+                    CoreMessage::Handover(handover) => {
+                        glommio::spawn_local(crate::downstream::client::adopt(core.clone(), handover)).detach();
+                    }
+                    CoreMessage::SampleMetrics(done) => {
+                        for hub in core.hubs.values() {
+                            hub.sample_metrics();
+                        }
+                        let _ = done.send(());
                     }
                 }
             }
         })
         .detach();
     }
-    for (_, rx) in receivers.streams() {
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            while let Some(handover) = rx.recv().await {
-                glommio::spawn_local(crate::downstream::client::adopt(core.clone(), handover)).detach();
-            }
-        })
-        .detach();
-    }
     // SAFETY: `listener` is a valid listening socket we own; glommio takes it over.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    futures_lite::future::or(listener::accept_loop(core.clone(), listener), shared.signals.wait_shutdown()).await;
+    futures_lite::future::or(listener::accept_loop(core.clone(), listener), async {
+        let _ = stop_rx.await;
+    })
+    .await;
     shutdown(&core, shard_tasks).await;
 }
 
@@ -265,42 +282,101 @@ async fn shutdown(core: &Core, shard_tasks: Vec<glommio::Task<()>>) {
     let _ = core.shared.saved.send(parts);
 }
 
-/// On SIGHUP: re-reads the config file; applies `log_level` (core 0) and
+/// Drops client sessions that stayed disconnected longer than
+/// `session_ttl`. Sleeps until the next one can expire, or until a session
+/// loses its connection (the bell), so an idle core is not woken for it.
+async fn expire_sessions(core: Rc<Core>) {
+    let ttl = Duration::from_secs(core.shared.config.session_ttl);
+    loop {
+        for hub in core.hubs.values() {
+            let n = hub.expire_sessions(ttl);
+            if n > 0 {
+                log::debug!("[shard {}] {n} client sessions expired", hub.id);
+            }
+        }
+        // Expiry is strict (`> ttl`): wake just after the deadline.
+        let next = core.hubs.values().filter_map(|h| h.next_expiry(ttl)).min();
+        match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+                futures_lite::future::or(glommio::timer::sleep(wait), core.session_bell.wait()).await;
+            }
+            None => core.session_bell.wait().await,
+        }
+    }
+}
+
+/// Refreshes the sampled gauges of every shard of the process, for a
+/// `/metrics` scrape: this core's directly, the others' through the mesh.
+pub async fn sample_metrics(core: &Core) {
+    for hub in core.hubs.values() {
+        hub.sample_metrics();
+    }
+    let mut answers = Vec::new();
+    for peer in (0..core.shared.cores).filter(|p| *p != core.index) {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        if core.mesh.send_to(peer, CoreMessage::SampleMetrics(tx)).await.is_ok() {
+            answers.push(rx);
+        }
+    }
+    for rx in answers {
+        let answered = futures_lite::future::or(async { offload::recv_across_threads(rx).await.is_some() }, async {
+            glommio::timer::sleep(SAMPLE_WAIT).await;
+            false
+        })
+        .await;
+        if !answered {
+            log::debug!("core {}: another core did not refresh its metrics in time", core.index);
+        }
+    }
+}
+
+/// Waits for signals: on SIGTERM/SIGINT tells the core to stop (`stop`);
+/// on SIGHUP re-reads the config file and applies `log_level` (core 0) and
 /// the configured presence to shards whose bot did not set its own.
-async fn watch_reloads(core: Rc<Core>) {
+async fn watch_signals(core: Rc<Core>, stop: futures_channel::oneshot::Sender<()>) {
+    let mut wait = lifecycle::SignalWait::new(core.shared.signals.take_bell(core.index));
     let mut seen = core.shared.signals.reloads();
     loop {
-        glommio::timer::sleep(lifecycle::WATCH_PERIOD).await;
+        if core.shared.signals.shutting_down() {
+            let _ = stop.send(());
+            return;
+        }
         let now = core.shared.signals.reloads();
-        if now == seen {
+        if now != seen {
+            seen = now;
+            reload(&core).await;
             continue;
         }
-        seen = now;
-        log::debug!("core {}: SIGHUP received; reloading the config", core.index);
-        let Some(path) = core.shared.config_path.clone() else { continue };
-        let loaded = offload::run_blocking("config-reload", move || Config::load(&path)).await;
-        let config = match loaded {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
-                log::error!("SIGHUP: config not reloaded: {e}");
-                continue;
-            }
-            None => {
-                log::error!("SIGHUP: config not reloaded: the reader thread failed");
-                continue;
-            }
-        };
-        if core.index == 0 {
-            crate::logging::reload(&config.log_level);
-            log::info!("SIGHUP: log level is now `{}`", config.log_level);
+        wait.next().await;
+    }
+}
+
+async fn reload(core: &Core) {
+    log::debug!("core {}: SIGHUP received; reloading the config", core.index);
+    let Some(path) = core.shared.config_path.clone() else { return };
+    let loaded = offload::run_blocking("config-reload", move || Config::load(&path)).await;
+    let config = match loaded {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            log::error!("SIGHUP: config not reloaded: {e}");
+            return;
         }
-        for hub in core.hubs.values() {
-            if let Some(presence) = shard::config_presence(&config, hub.id) {
-                if hub.routing.borrow().presence().is_none() {
-                    let payload = serde_json::json!({"op": 3, "d": presence}).to_string().into_bytes();
-                    hub.send_command(payload);
-                    log::info!("[shard {}] SIGHUP: presence updated from the config", hub.id);
-                }
+        None => {
+            log::error!("SIGHUP: config not reloaded: the reader thread failed");
+            return;
+        }
+    };
+    if core.index == 0 {
+        crate::logging::reload(&config.log_level);
+        log::info!("SIGHUP: log level is now `{}`", config.log_level);
+    }
+    for hub in core.hubs.values() {
+        if let Some(presence) = shard::config_presence(&config, hub.id) {
+            if hub.routing.borrow().presence().is_none() {
+                let payload = serde_json::json!({"op": 3, "d": presence}).to_string().into_bytes();
+                hub.send_command(payload);
+                log::info!("[shard {}] SIGHUP: presence updated from the config", hub.id);
             }
         }
     }

@@ -9,7 +9,7 @@ use futures_channel::oneshot;
 use std::time::Duration;
 
 /// How often a waiting task checks for a result whose wake-up may have been lost.
-pub const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// Awaits a oneshot filled by another thread; `None` if the sender was dropped.
 pub async fn recv_across_threads<T>(mut rx: oneshot::Receiver<T>) -> Option<T> {
