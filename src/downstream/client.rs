@@ -151,7 +151,7 @@ async fn drive(core: Rc<Core>, mut conn: PendingConn, mut intent: Option<Intent>
             log::debug!("{}: shard {} is on core {owner}; handing over", conn.peer, next.shard());
             if core
                 .mesh
-                .send_to(owner, crate::runtime::CoreMessage::Handover(Handover { conn, intent: next }))
+                .send_to(owner, crate::runtime::CoreMessage::Handover(Box::new(Handover { conn, intent: next })))
                 .await
                 .is_err()
             {

@@ -45,7 +45,7 @@ const SAMPLE_WAIT: Duration = Duration::from_secs(1);
 /// What one core asks of another through the core mesh.
 pub enum CoreMessage {
     /// A client connection for a shard the receiving core owns.
-    Handover(Handover),
+    Handover(Box<Handover>),
     /// Refresh the sampled gauges of the receiving core's shards, then answer.
     SampleMetrics(futures_channel::oneshot::Sender<()>),
 }
@@ -234,7 +234,7 @@ async fn core_main(
             while let Some(message) = rx.recv().await {
                 match message {
                     CoreMessage::Handover(handover) => {
-                        glommio::spawn_local(crate::downstream::client::adopt(core.clone(), handover)).detach();
+                        glommio::spawn_local(crate::downstream::client::adopt(core.clone(), *handover)).detach();
                     }
                     CoreMessage::SampleMetrics(done) => {
                         for hub in core.hubs.values() {
