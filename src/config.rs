@@ -11,6 +11,8 @@ use std::{fmt, net::IpAddr, path::Path};
 pub const DEFAULT_PORT: u16 = 7878;
 /// Default Discord REST base.
 pub const DEFAULT_API_URL: &str = "https://discord.com/api/v10";
+/// Default `replay_memory`: 256 MiB for the whole process.
+pub const DEFAULT_REPLAY_MEMORY: u64 = 256 << 20;
 
 /// A configuration error that names the key and what was wrong.
 #[derive(Debug)]
@@ -159,6 +161,7 @@ struct RawConfig {
     heartbeat_interval: u64,
     replay_buffer: usize,
     replay_buffer_bytes: usize,
+    replay_memory: u64,
     max_sessions: usize,
     compression: bool,
     state_file: Option<std::path::PathBuf>,
@@ -192,6 +195,7 @@ impl Default for RawConfig {
             heartbeat_interval: 41_250,
             replay_buffer: 20_000,
             replay_buffer_bytes: 16 << 20,
+            replay_memory: DEFAULT_REPLAY_MEMORY,
             max_sessions: 64,
             compression: true,
             state_file: None,
@@ -250,6 +254,9 @@ pub struct Config {
     pub replay_buffer: usize,
     /// Payload bytes kept per shard for client RESUME, on top of `replay_buffer`.
     pub replay_buffer_bytes: usize,
+    /// Payload bytes kept for client RESUME by the whole process (each core
+    /// gets an equal share for its shards); beyond it the oldest go.
+    pub replay_memory: usize,
     /// Client sessions kept per shard; beyond it the longest-disconnected is dropped.
     pub max_sessions: usize,
     /// Whether transport compression is offered to clients (false: plain JSON whatever they ask).
@@ -332,6 +339,12 @@ impl Config {
         if raw.max_sessions == 0 {
             return Err(invalid("max_sessions", "must be at least 1"));
         }
+        if raw.replay_memory < 1 << 20 {
+            return Err(invalid(
+                "replay_memory",
+                "must be at least 1048576 bytes (1 MiB); set `replay_buffer` to 0 to turn client resume off",
+            ));
+        }
         if raw.identify_timeout_secs == 0 {
             return Err(invalid("identify_timeout_secs", "must be at least 1"));
         }
@@ -370,6 +383,7 @@ impl Config {
             heartbeat_interval: raw.heartbeat_interval,
             replay_buffer: raw.replay_buffer,
             replay_buffer_bytes: raw.replay_buffer_bytes,
+            replay_memory: usize::try_from(raw.replay_memory).unwrap_or(usize::MAX),
             max_sessions: raw.max_sessions,
             compression: raw.compression,
             state_file: raw.state_file,
@@ -444,6 +458,8 @@ mod tests {
             (r#"{"token":"t","intents":1,"cores":0}"#, "cores"),
             (r#"{"token":"t","intents":1,"sched_slice_us":50}"#, "sched_slice_us"),
             (r#"{"token":"t","intents":1,"sched_slice_us":200000}"#, "sched_slice_us"),
+            (r#"{"token":"t","intents":1,"replay_memory":1000}"#, "replay_memory"),
+            (r#"{"token":"t","intents":1,"replay_memory":-1}"#, "replay_memory"),
         ];
         for (text, key) in cases {
             let e = Config::from_json(text, None).unwrap_err().to_string();

@@ -27,6 +27,7 @@ pub struct Metrics {
     cache_entities: IntGaugeVec,
     replay_events: IntGaugeVec,
     replay_bytes: IntGaugeVec,
+    replay_evicted: IntCounterVec,
     cache_bytes: IntGaugeVec,
 }
 
@@ -102,6 +103,12 @@ pub fn global() -> &'static Metrics {
             cache_entities: gauge(&r, "cache_entities", "Cached entities by kind", &["shard", "kind"]),
             replay_events: gauge(&r, "replay_buffer_events", "Dispatches in the replay buffer", &["shard"]),
             replay_bytes: gauge(&r, "replay_buffer_bytes", "Payload bytes in the replay buffer", &["shard"]),
+            replay_evicted: counter(
+                &r,
+                "replay_evicted_total",
+                "Retained dispatches dropped to keep the core within replay_memory",
+                &["shard"],
+            ),
             cache_bytes: gauge(&r, "cache_bytes", "Heap bytes of the shard's guild cache (compact form)", &["shard"]),
             registry: r,
         }
@@ -155,6 +162,8 @@ pub struct ShardMetrics {
     pub replay_events: IntGauge,
     /// Replay buffer bytes.
     pub replay_bytes: IntGauge,
+    /// Dispatches this shard lost to the core's replay budget.
+    pub replay_evicted: IntCounter,
     /// Heap bytes of the guild cache.
     pub cache_bytes: IntGauge,
     events: RefCell<HashMap<Box<[u8]>, IntCounter>>,
@@ -182,6 +191,7 @@ impl ShardMetrics {
             client_payload_bytes: m.client_payload_bytes.with_label_values(&l),
             replay_events: m.replay_events.with_label_values(&l),
             replay_bytes: m.replay_bytes.with_label_values(&l),
+            replay_evicted: m.replay_evicted.with_label_values(&l),
             cache_bytes: m.cache_bytes.with_label_values(&l),
             events: RefCell::default(),
             shard,

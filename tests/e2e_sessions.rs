@@ -426,3 +426,76 @@ async fn a_disconnected_session_expires_after_session_ttl_and_not_before() {
     let p = c.payload().await;
     assert_eq!((p["op"].as_u64(), p["d"].as_bool()), (Some(9), Some(false)), "the session did not expire: {p}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_budget_drops_the_oldest_and_refuses_only_the_resumes_that_needed_them() {
+    // One core, two shards sharing a 1 MiB budget. Both clients drop;
+    // shard 0 then gets 600 KB, shard 1 600 KB more: the oldest (shard 0's)
+    // go. Shard 0's session cannot be resumed without a gap: op 9. Shard
+    // 1's lost nothing: every event once, in order, then RESUMED.
+    let (fake, proxy) = setup(2, 4, json!({"cores": 1, "replay_memory": 1 << 20})).await;
+    let mut sessions = Vec::new();
+    for shard in 0..2 {
+        let mut c = client(&proxy).await;
+        let ready = c.identify_and_load(fake.token(), shard, 2).await;
+        let seq = 1 + ready["d"]["guilds"].as_array().unwrap().len() as u64;
+        sessions.push((ready["d"]["session_id"].as_str().unwrap().to_owned(), seq));
+    }
+    let big = "x".repeat(10_000);
+    let send = |shard: u32, range: std::ops::RangeInclusive<u64>| {
+        for n in range {
+            let guild = fake.guild_ids_for_shard(shard, 2)[0];
+            let content = format!("m{n} {big}");
+            fake.inject(shard, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), n, &content)).unwrap();
+        }
+    };
+    send(0, 1..=60);
+    // Let shard 0's events reach the proxy before shard 1's (the order of eviction).
+    let mut probe = client(&proxy).await;
+    probe.identify_and_load(fake.token(), 0, 2).await;
+    let marker = |shard: u32| {
+        let guild = fake.guild_ids_for_shard(shard, 2)[0];
+        fake.inject(
+            shard,
+            "TYPING_START",
+            json!({"guild_id": guild.to_string(), "channel_id": "1", "user_id": "1", "timestamp": 0}),
+        )
+    };
+    marker(0).unwrap();
+    probe.dispatches_until("TYPING_START").await;
+    drop(probe);
+    send(1, 1..=60);
+    let mut probe = client(&proxy).await;
+    probe.identify_and_load(fake.token(), 1, 2).await;
+    marker(1).unwrap();
+    probe.dispatches_until("TYPING_START").await;
+    drop(probe);
+
+    let (id0, seq0) = &sessions[0];
+    let mut a = client(&proxy).await;
+    assert_eq!(a.payload().await["op"], 10);
+    a.resume(fake.token(), id0, *seq0).await;
+    let p = a.payload().await;
+    assert_eq!((p["op"].as_u64(), p["d"].as_bool()), (Some(9), Some(false)), "shard 0 lost events to the budget: {p}");
+
+    let (id1, seq1) = &sessions[1];
+    let mut b = client(&proxy).await;
+    assert_eq!(b.payload().await["op"], 10);
+    b.resume(fake.token(), id1, *seq1).await;
+    let mut expected_seq = *seq1 + 1;
+    let mut got = Vec::new();
+    loop {
+        let d = b.dispatch().await;
+        assert_eq!(d["s"].as_u64(), Some(expected_seq), "{}", d["t"]);
+        expected_seq += 1;
+        match d["t"].as_str() {
+            Some("RESUMED") => break,
+            Some("MESSAGE_CREATE") => {
+                let first_word = d["d"]["content"].as_str().unwrap().split(' ').next().unwrap();
+                got.push(first_word.strip_prefix('m').unwrap().parse::<u64>().unwrap());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got, (1..=60).collect::<Vec<u64>>(), "shard 1's session replayed exactly what it missed");
+}

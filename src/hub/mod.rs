@@ -16,7 +16,7 @@ use crate::{
     protocol::dispatch::Dispatch,
 };
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use replay::ReplayBuffer;
+use replay::{ReplayBuffer, ReplayLedger, REPLAY_TAIL};
 use routing::Routing;
 use std::{
     cell::{Cell, RefCell},
@@ -133,7 +133,10 @@ pub struct ShardHub {
     commands: LocalSender<UpstreamCommand>,
     commands_rx: RefCell<Option<LocalReceiver<UpstreamCommand>>>,
     status_waiters: RefCell<Vec<futures_channel::oneshot::Sender<()>>>,
-    replay: RefCell<ReplayBuffer>,
+    replay: Rc<RefCell<ReplayBuffer>>,
+    ledger: Rc<ReplayLedger>,
+    /// Dispatches published since the buffer was last trimmed to what sessions need.
+    untrimmed: Cell<u32>,
     sessions: RefCell<HashMap<String, Rc<ClientSession>>>,
     max_sessions: usize,
     /// Replies routed to the client that asked, and the bot's own state it set.
@@ -144,9 +147,11 @@ pub struct ShardHub {
 }
 
 impl ShardHub {
-    /// A hub for shard `id` of `total`.
-    pub fn new(id: u32, total: u32, config: &Config) -> Rc<Self> {
+    /// A hub for shard `id` of `total`, whose replay buffer draws on `ledger` (its core's budget).
+    pub fn new(id: u32, total: u32, config: &Config, ledger: &Rc<ReplayLedger>) -> Rc<Self> {
         let (commands, rx) = local_channel::new_unbounded();
+        let replay = Rc::new(RefCell::new(ReplayBuffer::new(config.replay_buffer, config.replay_buffer_bytes)));
+        ledger.register(&replay);
         Rc::new(Self {
             id,
             total,
@@ -158,7 +163,9 @@ impl ShardHub {
             commands,
             commands_rx: RefCell::new(Some(rx)),
             status_waiters: RefCell::default(),
-            replay: RefCell::new(ReplayBuffer::new(config.replay_buffer, config.replay_buffer_bytes)),
+            replay,
+            ledger: ledger.clone(),
+            untrimmed: Cell::new(0),
             sessions: RefCell::default(),
             max_sessions: config.max_sessions,
             routing: RefCell::default(),
@@ -169,8 +176,13 @@ impl ShardHub {
 
     /// A hub restored from the state file: cache, upstream session (so the
     /// shard resumes instead of identifying), replay buffer, client sessions.
-    pub fn restore(saved: crate::state_file::SavedShard, total: u32, config: &Config) -> Rc<Self> {
-        let hub = Self::new(saved.id, total, config);
+    pub fn restore(
+        saved: crate::state_file::SavedShard,
+        total: u32,
+        config: &Config,
+        ledger: &Rc<ReplayLedger>,
+    ) -> Rc<Self> {
+        let hub = Self::new(saved.id, total, config, ledger);
         let mut cache = saved.cache;
         cache.set_flags(config.cache.clone());
         *hub.cache.borrow_mut() = cache;
@@ -186,8 +198,8 @@ impl ShardHub {
                 dispatch
             })
             .collect();
-        *hub.replay.borrow_mut() =
-            ReplayBuffer::restore(config.replay_buffer, config.replay_buffer_bytes, saved.replay_first, events);
+        hub.replay.borrow_mut().restore(saved.replay_first, events);
+        ledger.enforce();
         for s in saved.sessions {
             hub.store_session(Rc::new(ClientSession::restored(s.num, s.id, saved.id, s.position)));
         }
@@ -312,7 +324,9 @@ impl ShardHub {
         let dispatch = if self.sessions.borrow().is_empty() {
             self.replay.borrow_mut().push_unretained(dispatch)
         } else {
-            self.replay.borrow_mut().push(dispatch)
+            let dispatch = self.replay.borrow_mut().push(dispatch);
+            self.keep_only_what_sessions_need();
+            dispatch
         };
         let mut lagged = 0;
         let mut deepest = 0;
@@ -337,6 +351,36 @@ impl ShardHub {
         self.metrics.clients_lagged.inc_by(lagged);
         self.deepest_queue.set(self.deepest_queue.get().max(deepest));
         deepest
+    }
+
+    /// Drops what no session can need any more (every few dispatches: the
+    /// floor moves slowly), then holds the core to its replay budget.
+    fn keep_only_what_sessions_need(&self) {
+        let n = self.untrimmed.get() + 1;
+        if n >= 16 {
+            self.untrimmed.set(0);
+            // A session needs what it was not sent yet, and a tail of what it
+            // was sent that its connection may not have delivered.
+            let floor = self.sessions.borrow().values().map(|s| s.position().resume_from).min();
+            if let Some(floor) = floor {
+                self.replay.borrow_mut().trim_before(floor.saturating_sub(REPLAY_TAIL));
+            }
+        } else {
+            self.untrimmed.set(n);
+        }
+        let dropped = self.ledger.enforce();
+        if dropped > 0 {
+            self.metrics.replay_evicted.inc_by(dropped);
+            let total = self.ledger.evicted();
+            // Once, then at every power of two, so a sustained squeeze is visible without flooding.
+            if total == dropped || (total & (total - 1)) == 0 {
+                log::warn!(
+                    "replay memory of this core is full ({} MiB): dropping its oldest retained dispatches \
+                     ({total} so far); a RESUME that needs them gets op 9. Raise `replay_memory` to keep more",
+                    self.ledger.bytes() >> 20
+                );
+            }
+        }
     }
 
     /// The deepest subscriber queue seen by `publish` since the last call.

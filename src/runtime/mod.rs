@@ -193,6 +193,8 @@ async fn core_main(
     let (senders, mut receivers) = mesh.join().await.expect("joining the core mesh");
     // Executors are created in core order, so mesh ids follow core indexes.
     assert_eq!(senders.peer_id(), index, "mesh peer ids must follow core order");
+    // This core's share of the process's replay memory, for all its shards.
+    let ledger = crate::hub::replay::ReplayLedger::new(shared.config.replay_memory / shared.cores.max(1));
     let hubs: HashMap<u32, Rc<ShardHub>> = shared
         .local
         .clone()
@@ -200,8 +202,8 @@ async fn core_main(
         .map(|s| {
             let saved = shared.restore.lock().ok().and_then(|mut r| r.remove(&s));
             let hub = match saved {
-                Some(saved) => ShardHub::restore(saved, shared.total_shards, &shared.config),
-                None => ShardHub::new(s, shared.total_shards, &shared.config),
+                Some(saved) => ShardHub::restore(saved, shared.total_shards, &shared.config, &ledger),
+                None => ShardHub::new(s, shared.total_shards, &shared.config, &ledger),
             };
             (s, hub)
         })
