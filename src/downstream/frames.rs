@@ -150,6 +150,11 @@ impl FrameReader {
         // Room for control frames and a little slack; the 4096-byte rule is checked per message.
         config.max_message_size = Some(64 << 10);
         config.max_frame_size = Some(64 << 10);
+        // Clients send a few small payloads a minute: tungstenite's 128 KiB
+        // default read buffer (zero-filled on the first read) would cost
+        // every connection that much resident memory.
+        config.read_buffer_size = 4 << 10;
+        config.write_buffer_size = 0;
         Self { ctx: WebSocketContext::new(Role::Server, Some(config)) }
     }
 

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+/// Queue slots kept once the queue has drained; a larger queue is given back.
+const SHRINK_ABOVE: usize = 1024;
 /// How long a writer may take to deliver an abort's close frame before the socket is shut.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
@@ -148,6 +150,10 @@ impl ClientQueue {
             }
             let n = inner.items.len().min(max);
             batch.extend(inner.items.drain(..n));
+            if inner.items.is_empty() && inner.items.capacity() > SHRINK_ABOVE {
+                // A burst's backlog is not kept for the connection's life.
+                inner.items = VecDeque::new();
+            }
             Poll::Ready(true)
         })
         .await

@@ -10,6 +10,10 @@ use std::{os::fd::AsRawFd, rc::Rc};
 
 /// Most queue items encoded into one socket write.
 const BATCH: usize = 256;
+/// The output buffer's first size (a few events of a trickle).
+const OUT_START: usize = 16 << 10;
+/// Largest output buffer kept once the queue is empty.
+const OUT_KEEP: usize = 64 << 10;
 
 /// Per-client sequence numbering: strictly +1 from READY on.
 #[derive(Debug, Default)]
@@ -89,7 +93,7 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
     let mut seqs = Stream { seq: Sequencer { last: start_seq }, session: &session, generation };
     let (mut reported_in, mut reported_out) = (0, 0);
     let mut batch = Vec::with_capacity(BATCH);
-    let mut out = Vec::with_capacity(64 << 10);
+    let mut out = Vec::with_capacity(OUT_START);
     let fd = stream.as_raw_fd();
     'outer: while queue.pop_batch(&mut batch, BATCH).await {
         out.clear();
@@ -128,6 +132,10 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
         }
         if stream.write_all(&out).await.is_err() {
             break;
+        }
+        if out.capacity() > OUT_KEEP && queue.is_empty() {
+            // A burst or a snapshot grew it and is over: do not keep that for the connection's life.
+            out = Vec::with_capacity(OUT_START);
         }
         payload_bytes.inc_by(frames.bytes_in - reported_in);
         sent_bytes.inc_by(frames.bytes_out - reported_out);

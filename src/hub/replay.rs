@@ -116,9 +116,10 @@ impl ReplayBuffer {
                 ledger.release(size);
             }
         }
-        if self.events.is_empty() && self.events.capacity() > 64 {
+        let cap = self.events.capacity();
+        if cap > 4096 && self.events.len() < cap / 8 {
             // A burst's worth of slots is not kept for the shard's life.
-            self.events = VecDeque::new();
+            self.events.shrink_to(self.events.len() * 2);
         }
     }
 
@@ -235,6 +236,11 @@ impl ReplayLedger {
             }
             order.pop_front();
         }
+        let cap = order.capacity();
+        let len = order.len();
+        if cap > 4096 && len < cap / 8 {
+            order.shrink_to(len * 2);
+        }
         self.evicted.set(self.evicted.get() + dropped);
         dropped
     }
@@ -272,11 +278,12 @@ mod tests {
 
     #[test]
     fn byte_bound_and_disabled() {
-        let mut b = ReplayBuffer::new(100, 60);
+        let size = d(0).heap_bytes();
+        let mut b = ReplayBuffer::new(100, size * 3);
         for n in 0..10 {
             b.push(d(n));
         }
-        assert!(b.bytes() <= 60 && !b.is_empty());
+        assert_eq!((b.bytes(), b.len(), b.first_index()), (size * 3, 3, 7));
         let mut off = ReplayBuffer::new(0, 0);
         off.push(d(0));
         assert_eq!((off.len(), off.next_index()), (0, 1));

@@ -112,9 +112,10 @@ impl Dispatch {
         self.raw.len() - self.seq.len() + itoa::Buffer::new().format(seq).len()
     }
 
-    /// Heap bytes this dispatch holds.
+    /// Heap bytes this dispatch holds: its payload, and itself behind an
+    /// `Rc` with the replay buffer's slot (a quarter of a small dispatch).
     pub fn heap_bytes(&self) -> usize {
-        self.raw.len()
+        self.raw.len() + std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>() + 8
     }
 
     /// Appends the payload with `seq` spliced in.

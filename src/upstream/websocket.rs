@@ -16,7 +16,11 @@ use super::connection::GatewayStream;
 /// Largest message accepted from Discord (a GUILD_CREATE of a very large
 /// guild is a few MiB).
 const MAX_MESSAGE: usize = 64 << 20;
-/// Read buffer: a burst of dispatches is read this much at a time.
+/// Read buffer while events trickle in (one or a few per read).
+const READ_MIN: usize = 16 << 10;
+/// Read buffer in a burst: it doubles up to this while reads fill it, and
+/// goes back to [`READ_MIN`] once reads are small again, so hundreds of
+/// quiet shards do not each hold a burst-sized buffer.
 const READ_CHUNK: usize = 128 << 10;
 /// Longest HTTP upgrade response accepted.
 const MAX_RESPONSE_HEAD: usize = 16 << 10;
@@ -46,6 +50,8 @@ pub struct GatewaySocket {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes the last read returned.
+    last_read: usize,
     /// A fragmented message being put together, and its opcode.
     fragments: Vec<u8>,
     fragmented: Option<u8>,
@@ -159,6 +165,7 @@ impl GatewaySocket {
             buf,
             start: head_len,
             end,
+            last_read: 0,
             fragments: Vec::new(),
             fragmented: None,
             assembled: Vec::new(),
@@ -237,9 +244,11 @@ impl GatewaySocket {
     /// Reads more, making room for a frame of `need` bytes; false at end of stream.
     async fn fill(&mut self, need: usize) -> io::Result<bool> {
         let pending = self.end - self.start;
-        if pending == 0 && self.buf.len() > READ_CHUNK {
-            // A very large message grew the buffer: give the memory back.
-            self.buf = vec![0; READ_CHUNK];
+        if pending == 0 && self.buf.len() > READ_MIN && self.last_read < self.buf.len() {
+            // The last read did not fill the buffer: the burst (or a very
+            // large message) is over; give the memory back.
+            self.buf = vec![0; READ_MIN];
+            (self.start, self.end) = (0, 0);
         }
         if self.start > 0 && (pending == 0 || self.start + need.max(pending + 1) > self.buf.len()) {
             // Move the partial frame to the front.
@@ -251,6 +260,11 @@ impl GatewaySocket {
         }
         let n = self.stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
+        self.last_read = n;
+        if self.end == self.buf.len() && self.buf.len() < READ_CHUNK {
+            // The read filled the buffer: a burst; read more at a time.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
         Ok(n > 0)
     }
 

@@ -288,6 +288,8 @@ pub struct RunResult {
     pub window: Duration,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// The proxy's RSS at the end of the measured window (consumers still attached).
+    pub window_rss_kib: u64,
     /// One-way latencies in ns, all consumers.
     pub latencies: Vec<u64>,
     /// Websocket payload bytes the consumers received (compressed if so).
@@ -537,6 +539,7 @@ impl Probe {
         result.loadgen_cpu = self.own.secs_until(own);
         result.other_cpu = (busy - self.busy - result.loadgen_cpu - result.proxy_cpu.unwrap_or(0.0)).max(0.0);
         result.syscalls = self.syscalls.and_then(syscalls::Counter::stop);
+        result.window_rss_kib = self.pid.and_then(|p| proxy::status_kib(p, "VmRSS")).unwrap_or(0);
     }
 }
 

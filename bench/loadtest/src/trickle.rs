@@ -21,6 +21,8 @@ use crate::{proxy_target, run_load, Load, RunResult};
 pub const CASES: &[(u32, f64)] = &[(16, 1_000.0), (64, 2_000.0), (256, 10_000.0)];
 /// The idle row's shard count.
 pub const IDLE_SHARDS: u32 = 64;
+/// The memory row's shard count.
+pub const MEMORY_SHARDS: u32 = 256;
 /// The long row: shards and total events/s.
 pub const LONG: (u32, f64) = (128, 4_000.0);
 /// Longest a syscall-counting run lasts (its CPU figure is not reported).
@@ -52,8 +54,24 @@ pub struct Row {
     idle: Option<RunResult>,
     rss_connected_kib: u64,
     rss_after_kib: u64,
+    /// RSS with a client on every shard and nothing sent.
+    rss_idle_kib: Option<u64>,
+    /// The memory row: RSS after `MEMORY_EVENTS` per shard, and what the proxy reports holding.
+    memory: Option<MemoryRow>,
     errors: Vec<String>,
 }
+
+/// RSS after a large load, against what the proxy says it holds.
+struct MemoryRow {
+    rss_kib: u64,
+    cache_bytes: u64,
+    replay_bytes: u64,
+    evicted: u64,
+    delivered: (u64, u64),
+}
+
+/// Events per shard of the memory row (1 KB each).
+const MEMORY_EVENTS: u64 = 2_000;
 
 impl Row {
     fn new(shards: u32, rate: f64) -> Row {
@@ -66,6 +84,8 @@ impl Row {
             idle: None,
             rss_connected_kib: 0,
             rss_after_kib: 0,
+            rss_idle_kib: None,
+            memory: None,
             errors: Vec::new(),
         }
     }
@@ -123,6 +143,25 @@ async fn run_case(args: &TrickleArgs, binary: &Path, dir: &Path, shards: u32, ra
     };
     let rss = |t: &crate::Target| t.proxy.as_ref().map_or(0, crate::proxy::Proxy::rss_kib);
     row.rss_connected_kib = rss(&target);
+    // Idle with a client on every shard, before any event: the full window
+    // (and syscalls) on the idle row's shard count, a short one elsewhere
+    // for RSS only (the per-shard constant).
+    let idle_secs = if idle { args.idle_secs } else { args.idle_secs.min(3) };
+    eprintln!("loadtest: trickle idle: {shards} shards, {idle_secs} s");
+    let load = Load {
+        idle: Some(Duration::from_secs(idle_secs)),
+        count_syscalls: idle,
+        ..trickle_load(shards, f64::from(shards), 1.0, idle)
+    };
+    match run_load(&target, load).await {
+        Ok(r) => {
+            row.rss_idle_kib = Some(r.window_rss_kib);
+            if idle {
+                row.idle = Some(r);
+            }
+        }
+        Err(e) => row.errors.push(e),
+    }
     for i in 0..args.runs {
         eprintln!("loadtest: trickle run {}/{}: {}", i + 1, args.runs, row.label);
         match run_load(&target, trickle_load(shards, rate, args.secs, false)).await {
@@ -136,15 +175,22 @@ async fn run_case(args: &TrickleArgs, binary: &Path, dir: &Path, shards: u32, ra
         Ok(r) => row.syscalls = Some(r),
         Err(e) => row.errors.push(e),
     }
-    if idle {
-        eprintln!("loadtest: trickle idle: {shards} shards, {} s", args.idle_secs);
-        let load = Load {
-            idle: Some(Duration::from_secs(args.idle_secs)),
-            count_syscalls: true,
-            ..trickle_load(shards, f64::from(shards), 1.0, true)
-        };
+    if shards == MEMORY_SHARDS {
+        eprintln!("loadtest: trickle memory: {shards} shards x {MEMORY_EVENTS} events");
+        let load =
+            Load { per_shard: MEMORY_EVENTS, rate: None, stagger: false, ..trickle_load(shards, 1.0, 1.0, false) };
         match run_load(&target, load).await {
-            Ok(r) => row.idle = Some(r),
+            Ok(r) => {
+                let port = target.proxy.as_ref().map_or(0, |p| p.port);
+                let metrics = crate::proxy::http_get(port, "/metrics").unwrap_or_default();
+                row.memory = Some(MemoryRow {
+                    rss_kib: r.window_rss_kib,
+                    cache_bytes: metric_sum(&metrics, "gateway_proxy_cache_bytes{"),
+                    replay_bytes: metric_sum(&metrics, "gateway_proxy_replay_buffer_bytes{"),
+                    evicted: metric_sum(&metrics, "gateway_proxy_replay_evicted_total{"),
+                    delivered: (r.got, r.expected),
+                });
+            }
             Err(e) => row.errors.push(e),
         }
     }
@@ -202,6 +248,14 @@ pub async fn run(args: &TrickleArgs, binary: &Path, dir: &Path) -> String {
     }
     let long = if args.long_secs > 0 { Some(run_long(args, binary, dir).await) } else { None };
     render(args, &rows, long.as_ref())
+}
+
+/// Sum of every sample of a metric family in Prometheus text (0 if absent).
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -317,6 +371,42 @@ fn render(args: &TrickleArgs, rows: &[Row], long: Option<&Row>) -> String {
             secs,
             fmt(pct, 3),
             fmt(wps, 1),
+        );
+    }
+    let idle_rss: Vec<(u32, u64)> = rows.iter().filter_map(|r| r.rss_idle_kib.map(|k| (r.shards, k))).collect();
+    if let (Some(&(s0, k0)), Some(&(s1, k1))) = (idle_rss.first(), idle_rss.last()) {
+        if s1 > s0 {
+            let per_shard = (k1 as f64 - k0 as f64) * 1024.0 / f64::from(s1 - s0);
+            let _ = writeln!(
+                o,
+                "RSS idle with a client per shard: {}; per shard (from {s0} to {s1} shards): {:.0} KiB",
+                idle_rss
+                    .iter()
+                    .map(|(s, k)| format!("{s} shards {:.1} MiB", *k as f64 / 1024.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                per_shard / 1024.0
+            );
+        }
+    }
+    for row in rows {
+        let Some(m) = &row.memory else { continue };
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let rest = (m.rss_kib * 1024).saturating_sub(m.cache_bytes + m.replay_bytes);
+        let _ = writeln!(
+            o,
+            "Memory, {} shards x {MEMORY_EVENTS} events of 1 KB ({} of {} delivered), clients attached: RSS {:.1} MiB = \
+             guild cache {:.1} MiB + replay {:.1} MiB (budget `replay_memory`, {} dispatches dropped to stay within it) \
+             + {:.1} MiB else ({:.0} KiB per shard)",
+            row.shards,
+            m.delivered.0,
+            m.delivered.1,
+            m.rss_kib as f64 / 1024.0,
+            mib(m.cache_bytes),
+            mib(m.replay_bytes),
+            m.evicted,
+            mib(rest),
+            rest as f64 / 1024.0 / f64::from(row.shards),
         );
     }
     for row in rows.iter().chain(long) {
