@@ -359,3 +359,68 @@ async fn heartbeats_go_on_while_discord_never_pauses() {
     assert!(proxy.log_lines("code 4009").is_empty(), "Discord closed for missed heartbeats");
     assert_eq!(fake.identify_count(), 1, "no re-identify");
 }
+
+async fn fake_with_heartbeat(ms: u64) -> fake_discord::FakeDiscord {
+    fake_discord::FakeDiscord::start(fake_discord::FakeConfig {
+        shards: 1,
+        guilds: 1,
+        heartbeat_interval_ms: ms,
+        ..fake_discord::FakeConfig::default()
+    })
+    .await
+    .expect("fake discord starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_ack_behind_a_backlog_is_not_a_zombied_connection() {
+    // Events trickle in (each its own write) while Discord's heartbeat ACKs
+    // come late, as when the ACK sits behind what the shard has not read
+    // yet: the fake holds each ACK and then queues it behind the rest of
+    // the firehose, about 3 heartbeat intervals late. The connection is
+    // alive (events keep arriving): no reconnect, and the client gets every
+    // event once, in order.
+    let fake = fake_with_heartbeat(300).await;
+    let proxy = Proxy::start(&fake, json!({})).await;
+    wait_connected(&fake, &proxy, 0..1).await;
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    c.identify_and_load(fake.token(), 0, 1).await;
+    fake.delay_heartbeat_acks(0, Some(Duration::from_millis(300)));
+    let count = 200;
+    let spec = fake_discord::FirehoseSpec { count, rate: Some(250.0), mix: fake_discord::FirehoseMix::Messages };
+    let hose = fake.firehose(0, spec).expect("shard 0 is connected");
+    let first = hose.first_seq;
+    let stats = hose.finished().await.expect("the connection lasted the whole firehose");
+    assert!(stats.elapsed > Duration::from_millis(700), "long enough for late ACKs: {:?}", stats.elapsed);
+    let mut last = None;
+    for i in 0..count {
+        let d = c.dispatch().await;
+        assert_eq!(d["t"], "MESSAGE_CREATE", "event {i}: {d}");
+        let s = d["s"].as_u64().unwrap();
+        if let Some(l) = last {
+            assert_eq!(s, l + 1, "seq +1");
+        }
+        last = Some(s);
+    }
+    assert!(first > 0);
+    assert!(proxy.log_lines("zombied").is_empty(), "{:?}", proxy.log_lines("zombied"));
+    assert_eq!((fake.identify_count(), fake.resume_count()), (1, 0), "no reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_heartbeats_go_unanswered_is_resumed() {
+    // Discord stops answering and sends nothing else: a zombied connection.
+    // The shard closes it and resumes; the client never notices.
+    let fake = fake_with_heartbeat(300).await;
+    let proxy = Proxy::start(&fake, json!({})).await;
+    wait_connected(&fake, &proxy, 0..1).await;
+    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    c.identify_and_load(fake.token(), 0, 1).await;
+    fake.delay_heartbeat_acks(0, Some(Duration::from_secs(3600)));
+    assert!(fake.wait_until(WAIT, |f| f.resume_count_for(0) == 1).await, "the zombied connection was not resumed");
+    assert!(proxy.wait_log("zombied connection").await);
+    fake.delay_heartbeat_acks(0, None);
+    let guild = fake.guild_ids_for_shard(0, 1)[0];
+    fake.inject(0, "MESSAGE_CREATE", message(guild, fake.first_channel_id(guild), 1, "after")).unwrap();
+    assert_eq!(c.dispatch().await["d"]["content"], "after");
+    assert_eq!(fake.identify_count(), 1, "resumed, not re-identified");
+}

@@ -236,6 +236,7 @@ async fn connect_once(
                 }
             }
             Wake::Message(Ok(Some(Incoming::Text(text)))) => {
+                heartbeat.heard();
                 // A burst from Discord is always readable, so this loop would
                 // never yield on its own: give client writers the core when a
                 // queue builds up (and regularly anyway), so fast clients keep
@@ -326,21 +327,48 @@ impl PayloadArena {
 }
 
 /// The shard's heartbeat to Discord.
+///
+/// A connection is zombied when Discord stops answering: a heartbeat goes
+/// unacknowledged for a whole interval *and nothing else arrived either*.
+/// An ACK only comes after everything Discord sent before it; when the
+/// shard is behind in reading (its core was busy, or Discord sent a lot),
+/// the ACK is still in the socket while dispatches keep arriving, and
+/// reconnecting then would throw away a live session. So while frames keep
+/// arriving the shard heartbeats on and waits for the ACK, up to
+/// [`Heartbeat::ZOMBIE_INTERVALS`] intervals.
 struct Heartbeat {
     interval: Duration,
     /// When the next one is due (the first at a random point of the interval, as Discord asks).
     next: Instant,
     acked: bool,
+    /// When the oldest heartbeat not yet acknowledged was sent.
     sent_at: Option<Instant>,
+    /// Whether any frame arrived since the last heartbeat was sent.
+    heard: bool,
 }
 
 impl Heartbeat {
+    /// Intervals without an ACK after which the connection is zombied even
+    /// though frames keep arriving.
+    const ZOMBIE_INTERVALS: u32 = 5;
+
     fn new(interval: Duration) -> Self {
-        Self { interval, next: Instant::now() + interval.mul_f64(fastrand::f64()), acked: true, sent_at: None }
+        Self {
+            interval,
+            next: Instant::now() + interval.mul_f64(fastrand::f64()),
+            acked: true,
+            sent_at: None,
+            heard: false,
+        }
+    }
+
+    /// Records that a frame arrived: Discord is still sending.
+    fn heard(&mut self) {
+        self.heard = true;
     }
 
     /// Sends the heartbeat if it is due; the outcome if the connection must end
-    /// (the last one was never acknowledged: a zombied connection).
+    /// (zombied: see [`Heartbeat`]).
     async fn beat_if_due(
         &mut self,
         hub: &ShardHub,
@@ -352,15 +380,32 @@ impl Heartbeat {
             return None;
         }
         if !self.acked {
-            log::warn!("[shard {}] no heartbeat ACK: zombied connection, reconnecting", hub.id);
-            close_for_resume(ws).await;
-            return Some(Outcome::Resume);
+            let waited = self.sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            if !self.heard || waited >= self.interval * Self::ZOMBIE_INTERVALS {
+                log::warn!(
+                    "[shard {}] no heartbeat ACK for {:.1}s{}: zombied connection, reconnecting",
+                    hub.id,
+                    waited.as_secs_f64(),
+                    if self.heard { "" } else { " and nothing else received" }
+                );
+                close_for_resume(ws).await;
+                return Some(Outcome::Resume);
+            }
+            log::debug!(
+                "[shard {}] heartbeat ACK not read yet after {:.1}s, but Discord is still sending: its ACK is \
+                 behind what is not read yet",
+                hub.id,
+                waited.as_secs_f64()
+            );
         }
         if send_heartbeat(hub, ws, limiter).await.is_err() {
             return Some(reconnect_outcome(hub));
         }
+        if self.acked {
+            self.sent_at = Some(now);
+        }
         self.acked = false;
-        self.sent_at = Some(now);
+        self.heard = false;
         self.next = now + self.interval;
         None
     }

@@ -473,7 +473,20 @@ impl Conn {
             return Err(End::Close(4002));
         }
         self.hb_deadline = Instant::now() + self.hb_timeout;
-        self.send(&Utf8Bytes::from(op_text(11, "null"))).await
+        let delay = self.shard.and_then(|s| self.inner.lock().shards.get(&s).and_then(|st| st.ack_delay));
+        let ack = Utf8Bytes::from(op_text(11, "null"));
+        match delay {
+            None => self.send(&ack).await,
+            Some(delay) => {
+                // Held back, then sent through the connection's queue like any dispatch.
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(ConnCmd::Send(ack));
+                });
+                Ok(())
+            }
+        }
     }
 
     fn token_ok(&self, d: &Value) -> bool {

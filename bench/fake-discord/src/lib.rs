@@ -172,6 +172,9 @@ pub(crate) struct ShardState {
     pub(crate) identifies: u64,
     pub(crate) resumes: u64,
     pub(crate) fail_next_identify: Option<u16>,
+    /// Heartbeat ACKs are held this long (`None`: answered at once). A
+    /// very long delay is a zombied connection: Discord stops answering.
+    pub(crate) ack_delay: Option<Duration>,
     pub(crate) commands: Vec<Value>,
     pub(crate) last_identify: Option<Value>,
 }
@@ -453,6 +456,15 @@ impl FakeDiscord {
     pub fn fail_next_identify(&self, shard: u32, close_code: u16) {
         let mut state = self.inner.lock();
         state.shards.entry(shard).or_default().fail_next_identify = Some(close_code);
+    }
+
+    /// Holds `shard`'s heartbeat ACKs for `delay` before sending them, while
+    /// dispatches keep flowing, as when Discord's ACK sits behind a backlog
+    /// (`None` answers at once again). A delay longer than the test is a
+    /// zombied connection: heartbeats are never acknowledged.
+    pub fn delay_heartbeat_acks(&self, shard: u32, delay: Option<Duration>) {
+        let mut state = self.inner.lock();
+        state.shards.entry(shard).or_default().ack_delay = delay;
     }
 
     /// Identify payloads received (all shards, failed ones included).
