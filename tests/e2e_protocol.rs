@@ -373,37 +373,55 @@ async fn fake_with_heartbeat(ms: u64) -> fake_discord::FakeDiscord {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_ack_behind_a_backlog_is_not_a_zombied_connection() {
-    // Events trickle in (each its own write) while Discord's heartbeat ACKs
-    // come late, as when the ACK sits behind what the shard has not read
-    // yet: the fake holds each ACK and then queues it behind the rest of
-    // the firehose, about 3 heartbeat intervals late. The connection is
-    // alive (events keep arriving): no reconnect, and the client gets every
-    // event once, in order.
-    let fake = fake_with_heartbeat(300).await;
-    let proxy = Proxy::start(&fake, json!({})).await;
-    wait_connected(&fake, &proxy, 0..1).await;
-    let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
-    c.identify_and_load(fake.token(), 0, 1).await;
-    fake.delay_heartbeat_acks(0, Some(Duration::from_millis(300)));
-    let count = 200;
-    let spec = fake_discord::FirehoseSpec { count, rate: Some(250.0), mix: fake_discord::FirehoseMix::Messages };
-    let hose = fake.firehose(0, spec).expect("shard 0 is connected");
-    let first = hose.first_seq;
-    let stats = hose.finished().await.expect("the connection lasted the whole firehose");
-    assert!(stats.elapsed > Duration::from_millis(700), "long enough for late ACKs: {:?}", stats.elapsed);
-    let mut last = None;
-    for i in 0..count {
-        let d = c.dispatch().await;
-        assert_eq!(d["t"], "MESSAGE_CREATE", "event {i}: {d}");
-        let s = d["s"].as_u64().unwrap();
-        if let Some(l) = last {
-            assert_eq!(s, l + 1, "seq +1");
-        }
-        last = Some(s);
+    // Eight shards on two cores; events trickle in on each (every event its
+    // own write) while Discord's heartbeat ACKs come late, as when the ACK
+    // sits behind what the shard has not read yet: the fake holds each ACK
+    // and then queues it behind the rest of the firehose, about 3 heartbeat
+    // intervals late. The connections are alive (events keep arriving): no
+    // reconnect, and every client gets every event once, in order.
+    const SHARDS: u32 = 8;
+    let fake = fake_discord::FakeDiscord::start(fake_discord::FakeConfig {
+        shards: SHARDS,
+        guilds: SHARDS * 2,
+        max_concurrency: SHARDS,
+        heartbeat_interval_ms: 300,
+        ..fake_discord::FakeConfig::default()
+    })
+    .await
+    .expect("fake discord starts");
+    let proxy = Proxy::start(&fake, json!({"cores": 2})).await;
+    wait_connected(&fake, &proxy, 0..SHARDS).await;
+    let mut clients = Vec::new();
+    for shard in 0..SHARDS {
+        let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+        c.identify_and_load(fake.token(), shard, SHARDS).await;
+        clients.push(c);
     }
-    assert!(first > 0);
+    let count = 200;
+    let mut hoses = Vec::new();
+    for shard in 0..SHARDS {
+        fake.delay_heartbeat_acks(shard, Some(Duration::from_millis(300)));
+        let spec = fake_discord::FirehoseSpec { count, rate: Some(250.0), mix: fake_discord::FirehoseMix::Messages };
+        hoses.push(fake.firehose(shard, spec).expect("the shard is connected"));
+    }
+    for hose in hoses {
+        let stats = hose.finished().await.expect("the connection lasted the whole firehose");
+        assert!(stats.elapsed > Duration::from_millis(700), "long enough for late ACKs: {:?}", stats.elapsed);
+    }
+    for (shard, c) in clients.iter_mut().enumerate() {
+        let mut last = None;
+        for i in 0..count {
+            let d = c.dispatch().await;
+            assert_eq!(d["t"], "MESSAGE_CREATE", "shard {shard}, event {i}: {d}");
+            let s = d["s"].as_u64().unwrap();
+            if let Some(l) = last {
+                assert_eq!(s, l + 1, "shard {shard}: seq +1");
+            }
+            last = Some(s);
+        }
+    }
     assert!(proxy.log_lines("zombied").is_empty(), "{:?}", proxy.log_lines("zombied"));
-    assert_eq!((fake.identify_count(), fake.resume_count()), (1, 0), "no reconnect");
+    assert_eq!((fake.identify_count(), fake.resume_count()), (u64::from(SHARDS), 0), "no reconnect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
