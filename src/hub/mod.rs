@@ -15,7 +15,6 @@ use crate::{
     },
     protocol::dispatch::Dispatch,
 };
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use replay::{ReplayBuffer, ReplayLedger, REPLAY_TAIL};
 use routing::Routing;
 use std::{
@@ -130,8 +129,10 @@ pub struct ShardHub {
     subscribers: RefCell<Vec<Subscriber>>,
     session: RefCell<Option<UpstreamSession>>,
     ready_at: Cell<Option<Instant>>,
-    commands: LocalSender<UpstreamCommand>,
-    commands_rx: RefCell<Option<LocalReceiver<UpstreamCommand>>>,
+    commands: RefCell<std::collections::VecDeque<UpstreamCommand>>,
+    /// Rung when the shard task has something to do besides reading
+    /// Discord: a command to send, or its heartbeat falling due.
+    pub bell: crate::runtime::doorbell::Doorbell,
     status_waiters: RefCell<Vec<futures_channel::oneshot::Sender<()>>>,
     replay: Rc<RefCell<ReplayBuffer>>,
     ledger: Rc<ReplayLedger>,
@@ -149,7 +150,6 @@ pub struct ShardHub {
 impl ShardHub {
     /// A hub for shard `id` of `total`, whose replay buffer draws on `ledger` (its core's budget).
     pub fn new(id: u32, total: u32, config: &Config, ledger: &Rc<ReplayLedger>) -> Rc<Self> {
-        let (commands, rx) = local_channel::new_unbounded();
         let replay = Rc::new(RefCell::new(ReplayBuffer::new(config.replay_buffer, config.replay_buffer_bytes)));
         ledger.register(&replay);
         Rc::new(Self {
@@ -160,8 +160,8 @@ impl ShardHub {
             subscribers: RefCell::default(),
             session: RefCell::default(),
             ready_at: Cell::new(None),
-            commands,
-            commands_rx: RefCell::new(Some(rx)),
+            commands: RefCell::default(),
+            bell: crate::runtime::doorbell::Doorbell::default(),
             status_waiters: RefCell::default(),
             replay,
             ledger: ledger.clone(),
@@ -286,20 +286,23 @@ impl ShardHub {
         }
     }
 
-    /// Takes the receiving end of the command queue (once, by the shard task).
-    pub fn take_commands(&self) -> Option<LocalReceiver<UpstreamCommand>> {
-        self.commands_rx.borrow_mut().take()
+    /// The next command for the shard task, oldest first.
+    pub fn next_command(&self) -> Option<UpstreamCommand> {
+        self.commands.borrow_mut().pop_front()
     }
 
     /// Queues a command (op 3, 4, 8, 31) for Discord.
     pub fn send_command(&self, payload: Vec<u8>) {
-        // Unbounded: the upstream rate limiter drains it at Discord's pace.
-        let _ = self.commands.try_send(UpstreamCommand::Payload(payload));
+        // Unbounded here: the shard task moves commands into its own bounded
+        // queue, which the upstream rate limiter drains at Discord's pace.
+        self.commands.borrow_mut().push_back(UpstreamCommand::Payload(payload));
+        self.bell.ring();
     }
 
     /// Asks the shard task to close its connection resumably and stop.
     pub fn request_stop(&self) {
-        let _ = self.commands.try_send(UpstreamCommand::Stop);
+        self.commands.borrow_mut().push_back(UpstreamCommand::Stop);
+        self.bell.ring();
     }
 
     /// Closes every client with a resumable code (the proxy is restarting).

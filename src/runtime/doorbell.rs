@@ -24,6 +24,12 @@ impl Doorbell {
         }
     }
 
+    /// Whether the bell rang since the last wait, clearing it: for a task
+    /// that is busy and looks between two pieces of work.
+    pub fn take_ring(&self) -> bool {
+        self.rung.replace(false)
+    }
+
     /// Resolves once the bell has rung since the last wait.
     pub async fn wait(&self) {
         poll_fn(|cx| {

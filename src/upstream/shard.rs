@@ -8,6 +8,7 @@ use super::{
     connection::{self, GatewaySocket},
     ratelimit::SendLimiter,
 };
+use crate::runtime::doorbell::Doorbell;
 use crate::{
     cache::is_cache_event,
     hub::{routing::Route, ShardHub, ShardStatus, UpstreamCommand, UpstreamSession},
@@ -19,9 +20,9 @@ use crate::{
     runtime::Shared,
 };
 use futures_lite::future;
-use glommio::channels::local_channel::LocalReceiver;
 use serde::Deserialize;
 use std::{
+    cell::Cell,
     collections::VecDeque,
     rc::Rc,
     sync::Arc,
@@ -71,11 +72,10 @@ impl Backoff {
 
 /// Runs shard `hub.id` until a fatal close code stops it.
 pub async fn run(hub: Rc<ShardHub>, shared: Arc<Shared>) {
-    let mut commands = hub.take_commands().expect("one task per shard");
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut backoff = Backoff { failures: 0 };
     loop {
-        let outcome = connect_once(&hub, &shared, &mut commands, &mut pending, &mut backoff).await;
+        let outcome = connect_once(&hub, &shared, &mut pending, &mut backoff).await;
         log::debug!("[shard {}] connection ended: {outcome:?}", hub.id);
         match outcome {
             Outcome::Fatal(code) => {
@@ -120,14 +120,15 @@ struct ReadySession {
 
 enum Wake<'a> {
     Message(std::io::Result<Option<Incoming<'a>>>),
-    Command(Option<UpstreamCommand>),
-    Timer,
+    /// The hub's bell: a command, or the heartbeat falling due.
+    Bell,
+    /// A command waiting for the send limiter may go now.
+    Limiter,
 }
 
 async fn connect_once(
     hub: &Rc<ShardHub>,
     shared: &Shared,
-    commands: &mut LocalReceiver<UpstreamCommand>,
     pending: &mut VecDeque<Vec<u8>>,
     backoff: &mut Backoff,
 ) -> Outcome {
@@ -194,6 +195,9 @@ async fn connect_once(
     let mut relayed: u64 = 0;
     let mut arena = PayloadArena::default();
     let mut heartbeat = Heartbeat::new(interval);
+    // The heartbeat's own task rings the hub's bell when it falls due, so
+    // this loop arms no timer per relayed dispatch. It ends with the connection.
+    let _ticker = glommio::spawn_local(heartbeat_ticker(hub.clone(), heartbeat.due.clone(), heartbeat.beaten.clone()));
     loop {
         // Send whatever the limiter allows.
         if !pending.is_empty() {
@@ -209,32 +213,31 @@ async fn connect_once(
                 }
             }
         }
-        // The timer branch runs only when Discord has nothing to read: no
-        // clock read or timer per relayed dispatch.
+        let limited = if pending.is_empty() { None } else { limiter.next_free() };
         let wake = future::or(
             async { Wake::Message(ws.next().await) },
-            future::or(async { Wake::Command(commands.recv().await) }, async {
-                let mut wake_at = heartbeat.next;
-                if let (false, Some(t)) = (pending.is_empty(), limiter.next_free()) {
-                    wake_at = wake_at.min(t);
-                }
-                glommio::timer::sleep(wake_at.saturating_duration_since(Instant::now())).await;
-                Wake::Timer
-            }),
+            future::or(
+                async {
+                    hub.bell.wait().await;
+                    Wake::Bell
+                },
+                async {
+                    match limited {
+                        Some(t) => glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await,
+                        None => future::pending::<()>().await,
+                    }
+                    Wake::Limiter
+                },
+            ),
         )
         .await;
         match wake {
-            Wake::Command(Some(cmd)) => {
-                if let Some(outcome) = on_command(hub, &mut ws, pending, cmd).await {
+            Wake::Bell => {
+                if let Some(outcome) = chores(hub, &mut ws, pending, &mut heartbeat, &mut limiter).await {
                     return outcome;
                 }
             }
-            Wake::Command(None) => {}
-            Wake::Timer => {
-                if let Some(outcome) = heartbeat.beat_if_due(hub, &mut ws, &mut limiter).await {
-                    return outcome;
-                }
-            }
+            Wake::Limiter => {}
             Wake::Message(Ok(Some(Incoming::Text(text)))) => {
                 heartbeat.heard();
                 // A burst from Discord is always readable, so this loop would
@@ -245,7 +248,7 @@ async fn connect_once(
                 let deepest = hub.take_deepest_queue();
                 if deepest >= pause_depth && may_pause {
                     // Never past a heartbeat that falls due.
-                    let until = (Instant::now() + PAUSE_BUDGET).min(heartbeat.next);
+                    let until = (Instant::now() + PAUSE_BUDGET).min(heartbeat.next());
                     may_pause = wait_for_writers(hub, pause_depth / 2, until).await;
                     if !may_pause {
                         log::debug!("[shard {}] a client stayed {pause_depth}+ behind; reading on", hub.id);
@@ -271,16 +274,11 @@ async fn connect_once(
                         return outcome;
                     }
                 }
-                if relayed.is_multiple_of(YIELD_EVERY) {
-                    // Discord's side may never run dry under load: heartbeats
-                    // and client commands must not wait for a quiet moment.
-                    if let Some(outcome) = heartbeat.beat_if_due(hub, &mut ws, &mut limiter).await {
+                // Discord's side may never run dry under load: heartbeats
+                // and client commands must not wait for a quiet moment.
+                if hub.bell.take_ring() {
+                    if let Some(outcome) = chores(hub, &mut ws, pending, &mut heartbeat, &mut limiter).await {
                         return outcome;
-                    }
-                    while let Some(Some(cmd)) = future::poll_once(commands.recv()).await {
-                        if let Some(outcome) = on_command(hub, &mut ws, pending, cmd).await {
-                            return outcome;
-                        }
                     }
                 }
             }
@@ -338,8 +336,11 @@ impl PayloadArena {
 /// [`Heartbeat::ZOMBIE_INTERVALS`] intervals.
 struct Heartbeat {
     interval: Duration,
-    /// When the next one is due (the first at a random point of the interval, as Discord asks).
-    next: Instant,
+    /// When the next one is due (the first at a random point of the
+    /// interval, as Discord asks); shared with the ticker task.
+    due: Rc<Cell<Instant>>,
+    /// Rung when `due` moves on, for the ticker.
+    beaten: Rc<Doorbell>,
     acked: bool,
     /// When the oldest heartbeat not yet acknowledged was sent.
     sent_at: Option<Instant>,
@@ -355,7 +356,8 @@ impl Heartbeat {
     fn new(interval: Duration) -> Self {
         Self {
             interval,
-            next: Instant::now() + interval.mul_f64(fastrand::f64()),
+            due: Rc::new(Cell::new(Instant::now() + interval.mul_f64(fastrand::f64()))),
+            beaten: Rc::default(),
             acked: true,
             sent_at: None,
             heard: false,
@@ -376,7 +378,7 @@ impl Heartbeat {
         limiter: &mut SendLimiter,
     ) -> Option<Outcome> {
         let now = Instant::now();
-        if now < self.next {
+        if now < self.next() {
             return None;
         }
         if !self.acked {
@@ -406,8 +408,14 @@ impl Heartbeat {
         }
         self.acked = false;
         self.heard = false;
-        self.next = now + self.interval;
+        self.due.set(now + self.interval);
+        self.beaten.ring();
         None
+    }
+
+    /// When the next heartbeat is due.
+    fn next(&self) -> Instant {
+        self.due.get()
     }
 
     fn acked(&mut self, hub: &ShardHub) {
@@ -415,6 +423,41 @@ impl Heartbeat {
         if let Some(t) = self.sent_at.take() {
             hub.metrics.latency.observe(t.elapsed().as_secs_f64());
         }
+    }
+}
+
+/// What the bell asks for: the heartbeat if it is due, and the commands
+/// queued in the hub. The outcome if the connection must end.
+async fn chores(
+    hub: &ShardHub,
+    ws: &mut GatewaySocket,
+    pending: &mut VecDeque<Vec<u8>>,
+    heartbeat: &mut Heartbeat,
+    limiter: &mut SendLimiter,
+) -> Option<Outcome> {
+    if let Some(outcome) = heartbeat.beat_if_due(hub, ws, limiter).await {
+        return Some(outcome);
+    }
+    while let Some(cmd) = hub.next_command() {
+        if let Some(outcome) = on_command(hub, ws, pending, cmd).await {
+            return Some(outcome);
+        }
+    }
+    None
+}
+
+/// Rings the hub's bell whenever the heartbeat falls due, then waits until
+/// the shard task has moved the due time on.
+async fn heartbeat_ticker(hub: Rc<ShardHub>, due: Rc<Cell<Instant>>, beaten: Rc<Doorbell>) {
+    loop {
+        let at = due.get();
+        let now = Instant::now();
+        if at > now {
+            glommio::timer::sleep(at - now).await;
+            continue;
+        }
+        hub.bell.ring();
+        beaten.wait().await;
     }
 }
 

@@ -1294,6 +1294,7 @@ pub(crate) struct Reactor {
     // in user space by `preempt_deadline_passed`).
     preempt_deadline: Cell<Option<Instant>>,
     preempt_checks: Cell<u32>,
+    preempt_expired: Cell<bool>,
 
     link_fd: RawFd,
 
@@ -1428,6 +1429,7 @@ impl Reactor {
             link_src: RefCell::new(None),
             preempt_deadline: Cell::new(None),
             preempt_checks: Cell::new(0),
+            preempt_expired: Cell::new(false),
             blocking_thread,
             link_fd,
             notifier,
@@ -1878,6 +1880,7 @@ impl Reactor {
         // and armed again in the latency ring at every pass.
         let preempt = preempt_timer();
         self.preempt_deadline.set(preempt.map(|d| Instant::now() + d));
+        self.preempt_expired.set(false);
 
         // The throughput-based timeout counts main-ring completions from
         // when it is armed: arm it again only once it has fired.
@@ -1980,16 +1983,25 @@ impl Reactor {
     }
 
     /// gateway-proxy patch: whether the running task queue has used its
-    /// preemption budget. The clock is read at every eighth call only: the
-    /// budget is in milliseconds and this is called for every task run.
+    /// preemption budget. The clock is read at every eighth call only (the
+    /// budget is in milliseconds and this is called for every task run);
+    /// once the budget is used, every call says so until the next pass of
+    /// the reactor sets a new one, as the latency-ring timeout did.
     #[inline]
     pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        if self.preempt_expired.get() {
+            return true;
+        }
         let Some(at) = self.preempt_deadline.get() else {
             return false;
         };
         let n = self.preempt_checks.get().wrapping_add(1);
         self.preempt_checks.set(n);
-        n % 8 == 0 && Instant::now() >= at
+        if n % 8 == 0 && Instant::now() >= at {
+            self.preempt_expired.set(true);
+            return true;
+        }
+        false
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
