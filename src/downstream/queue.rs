@@ -150,7 +150,8 @@ impl ClientQueue {
             }
             let n = inner.items.len().min(max);
             batch.extend(inner.items.drain(..n));
-            if inner.items.is_empty() && inner.items.capacity() > SHRINK_ABOVE {
+            // Only once items come a few at a time again (a burst is over).
+            if n < 16 && inner.items.is_empty() && inner.items.capacity() > SHRINK_ABOVE {
                 // A burst's backlog is not kept for the connection's life.
                 inner.items = VecDeque::new();
             }

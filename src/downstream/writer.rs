@@ -133,8 +133,9 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
         if stream.write_all(&out).await.is_err() {
             break;
         }
-        if out.capacity() > OUT_KEEP && queue.is_empty() {
-            // A burst or a snapshot grew it and is over: do not keep that for the connection's life.
+        if out.capacity() > OUT_KEEP && out.len() < OUT_START && queue.is_empty() {
+            // A burst or a snapshot grew it, and writes are small again: do
+            // not keep that for the connection's life.
             out = Vec::with_capacity(OUT_START);
         }
         payload_bytes.inc_by(frames.bytes_in - reported_in);

@@ -311,9 +311,8 @@ struct PayloadArena {
 }
 
 impl PayloadArena {
-    /// Small enough that a quiet shard's partly used chunk costs little,
-    /// large enough that a burst allocates once per a dozen dispatches.
-    const CHUNK: usize = 16 * 1024;
+    /// A quiet shard's chunk costs only the pages its dispatches filled.
+    const CHUNK: usize = 64 * 1024;
 
     fn copy(&mut self, payload: &[u8]) -> bytes::Bytes {
         if self.chunk.capacity() < payload.len() {

@@ -19,9 +19,11 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// Read buffer while events trickle in (one or a few per read).
 const READ_MIN: usize = 16 << 10;
 /// Read buffer in a burst: it doubles up to this while reads fill it, and
-/// goes back to [`READ_MIN`] once reads are small again, so hundreds of
-/// quiet shards do not each hold a burst-sized buffer.
+/// goes back to [`READ_MIN`] after [`SMALL_READS`] small reads in a row, so
+/// hundreds of quiet shards do not each hold a burst-sized buffer.
 const READ_CHUNK: usize = 128 << 10;
+/// Small reads in a row after which a grown read buffer is given back.
+const SMALL_READS: u32 = 16;
 /// Longest HTTP upgrade response accepted.
 const MAX_RESPONSE_HEAD: usize = 16 << 10;
 
@@ -50,8 +52,8 @@ pub struct GatewaySocket {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// Bytes the last read returned.
-    last_read: usize,
+    /// Reads in a row that returned less than half of [`READ_MIN`].
+    small_reads: u32,
     /// A fragmented message being put together, and its opcode.
     fragments: Vec<u8>,
     fragmented: Option<u8>,
@@ -165,7 +167,7 @@ impl GatewaySocket {
             buf,
             start: head_len,
             end,
-            last_read: 0,
+            small_reads: SMALL_READS,
             fragments: Vec::new(),
             fragmented: None,
             assembled: Vec::new(),
@@ -244,9 +246,9 @@ impl GatewaySocket {
     /// Reads more, making room for a frame of `need` bytes; false at end of stream.
     async fn fill(&mut self, need: usize) -> io::Result<bool> {
         let pending = self.end - self.start;
-        if pending == 0 && self.buf.len() > READ_MIN && self.last_read < self.buf.len() {
-            // The last read did not fill the buffer: the burst (or a very
-            // large message) is over; give the memory back.
+        if pending == 0 && self.buf.len() > READ_MIN && self.small_reads >= SMALL_READS {
+            // Reads have been small for a while: the burst (or a very large
+            // message) is over; give the memory back.
             self.buf = vec![0; READ_MIN];
             (self.start, self.end) = (0, 0);
         }
@@ -260,7 +262,7 @@ impl GatewaySocket {
         }
         let n = self.stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
-        self.last_read = n;
+        self.small_reads = if n < READ_MIN / 2 { self.small_reads.saturating_add(1) } else { 0 };
         if self.end == self.buf.len() && self.buf.len() < READ_CHUNK {
             // The read filled the buffer: a burst; read more at a time.
             self.buf.resize(self.buf.len() * 2, 0);
