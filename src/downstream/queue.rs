@@ -14,6 +14,8 @@ use std::{
 
 /// Queue slots kept once the queue has drained; a larger queue is given back.
 const SHRINK_ABOVE: usize = 1024;
+/// Small batches in a row after which a larger queue is given back.
+const SMALL_POPS: u32 = 64;
 /// How long a writer may take to deliver an abort's close frame before the socket is shut.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
 
@@ -34,6 +36,8 @@ struct Inner {
     high_water: usize,
     abort: Option<(u16, String)>,
     finished: bool,
+    /// Batches in a row that took only a few items.
+    small_pops: u32,
 }
 
 /// The queue between a shard (and the client's reader) and the client's writer.
@@ -53,6 +57,7 @@ impl ClientQueue {
                 high_water: 0,
                 abort: None,
                 finished: false,
+                small_pops: 0,
             }),
         }
     }
@@ -150,9 +155,10 @@ impl ClientQueue {
             }
             let n = inner.items.len().min(max);
             batch.extend(inner.items.drain(..n));
-            // Only once items come a few at a time again (a burst is over).
-            if n < 16 && inner.items.is_empty() && inner.items.capacity() > SHRINK_ABOVE {
-                // A burst's backlog is not kept for the connection's life.
+            // A burst's backlog is not kept for the connection's life: once
+            // items have come a few at a time for a while, the slots go.
+            inner.small_pops = if n < 16 { inner.small_pops.saturating_add(1) } else { 0 };
+            if inner.small_pops >= SMALL_POPS && inner.items.is_empty() && inner.items.capacity() > SHRINK_ABOVE {
                 inner.items = VecDeque::new();
             }
             Poll::Ready(true)

@@ -12,8 +12,10 @@ use std::{os::fd::AsRawFd, rc::Rc};
 const BATCH: usize = 256;
 /// The output buffer's first size (a few events of a trickle).
 const OUT_START: usize = 16 << 10;
-/// Largest output buffer kept once the queue is empty.
+/// Largest output buffer kept once writes are small again.
 const OUT_KEEP: usize = 64 << 10;
+/// Small writes in a row after which a larger buffer is given back.
+const SMALL_WRITES: u32 = 64;
 
 /// Per-client sequence numbering: strictly +1 from READY on.
 #[derive(Debug, Default)]
@@ -94,6 +96,7 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
     let (mut reported_in, mut reported_out) = (0, 0);
     let mut batch = Vec::with_capacity(BATCH);
     let mut out = Vec::with_capacity(OUT_START);
+    let mut small_writes = 0u32;
     let fd = stream.as_raw_fd();
     'outer: while queue.pop_batch(&mut batch, BATCH).await {
         out.clear();
@@ -133,9 +136,10 @@ pub async fn run(queue: Rc<ClientQueue>, mut stream: TcpStream, mut frames: Fram
         if stream.write_all(&out).await.is_err() {
             break;
         }
-        if out.capacity() > OUT_KEEP && out.len() < OUT_START && queue.is_empty() {
-            // A burst or a snapshot grew it, and writes are small again: do
-            // not keep that for the connection's life.
+        // A burst or a snapshot grew the buffer: once writes have been small
+        // for a while, do not keep that for the connection's life.
+        small_writes = if out.len() < OUT_START { small_writes.saturating_add(1) } else { 0 };
+        if out.capacity() > OUT_KEEP && small_writes >= SMALL_WRITES {
             out = Vec::with_capacity(OUT_START);
         }
         payload_bytes.inc_by(frames.bytes_in - reported_in);

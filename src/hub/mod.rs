@@ -357,10 +357,12 @@ impl ShardHub {
     }
 
     /// Drops what no session can need any more (every few dispatches: the
-    /// floor moves slowly), then holds the core to its replay budget.
+    /// floor moves slowly), then holds the core to its replay budget (at
+    /// once when over it; the ledger's bookkeeping every few dispatches).
     fn keep_only_what_sessions_need(&self) {
         let n = self.untrimmed.get() + 1;
-        if n >= 16 {
+        let due = n >= 16;
+        if due {
             self.untrimmed.set(0);
             // A session needs what it was not sent yet, and a tail of what it
             // was sent that its connection may not have delivered.
@@ -370,6 +372,9 @@ impl ShardHub {
             }
         } else {
             self.untrimmed.set(n);
+        }
+        if !due && !self.ledger.over_budget() {
+            return;
         }
         let dropped = self.ledger.enforce();
         if dropped > 0 {

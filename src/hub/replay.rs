@@ -201,6 +201,11 @@ impl ReplayLedger {
         self.bytes.set(self.bytes.get().saturating_sub(size));
     }
 
+    /// Whether the core keeps more than its budget.
+    pub fn over_budget(&self) -> bool {
+        self.bytes.get() > self.budget
+    }
+
     /// Payload bytes retained by every shard of the core.
     pub fn bytes(&self) -> usize {
         self.bytes.get()

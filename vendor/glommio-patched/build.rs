@@ -10,12 +10,16 @@ fn main() {
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
         Err(_) => {
-            Command::new("git")
-                .arg("submodule")
-                .arg("update")
-                .arg("--init")
-                .status()
-                .unwrap();
+            // gateway-proxy patch: liburing's sources are vendored here; only
+            // a git checkout of glommio itself needs its submodule fetched.
+            if !project.join("liburing/src/setup.c").exists() {
+                Command::new("git")
+                    .arg("submodule")
+                    .arg("update")
+                    .arg("--init")
+                    .status()
+                    .unwrap();
+            }
 
             project.join("liburing")
         }
