@@ -119,6 +119,67 @@ impl CacheConfig {
     }
 }
 
+/// Who paces IDENTIFYs (`identify_queue`): this process alone, or a
+/// coordinator shared by every proxy of the bot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IdentifyQueueConfig {
+    /// One turn per bucket every 5 s, counted in this process only.
+    #[default]
+    Local,
+    /// Redis keys `<prefix>:identify:<bucket>` taken with `SET NX PX`.
+    Redis {
+        /// `redis://HOST:PORT/DB` (or `rediss://`, `redis+unix://`).
+        url: String,
+        /// Key prefix; `None`: derived from the bot's id.
+        prefix: Option<String>,
+    },
+    /// twilight's gateway-queue: `GET <url>/?shard=<id>`, answered when the shard may identify.
+    Http {
+        /// `http://HOST:PORT`.
+        url: String,
+    },
+}
+
+/// `identify_queue` as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawIdentifyQueue {
+    Name(String),
+    Spec {
+        #[serde(rename = "type")]
+        kind: String,
+        url: Option<String>,
+        prefix: Option<String>,
+    },
+}
+
+impl RawIdentifyQueue {
+    fn validate(self) -> Result<IdentifyQueueConfig, ConfigError> {
+        let (kind, url, prefix) = match self {
+            Self::Name(name) => (name, None, None),
+            Self::Spec { kind, url, prefix } => (kind, url, prefix),
+        };
+        let url = |schemes: &[&str]| -> Result<String, ConfigError> {
+            let Some(url) = url.clone() else {
+                return Err(invalid("identify_queue.url", format!("missing: the {kind} coordinator's address")));
+            };
+            check_url("identify_queue.url", &url, schemes)?;
+            Ok(url.trim_end_matches('/').to_owned())
+        };
+        match kind.as_str() {
+            "local" => Ok(IdentifyQueueConfig::Local),
+            "redis" => {
+                if prefix.as_deref().is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace)) {
+                    return Err(invalid("identify_queue.prefix", "must be a non-empty key prefix without spaces"));
+                }
+                Ok(IdentifyQueueConfig::Redis { url: url(&["redis", "rediss", "redis+unix"])?, prefix })
+            }
+            "http" => Ok(IdentifyQueueConfig::Http { url: url(&["http"])? }),
+            other => Err(invalid("identify_queue", format!("`{other}` is not one of local, redis, http"))),
+        }
+    }
+}
+
 /// The bot's activity as set in Identify (`{{shard}}` in `name` becomes the shard id).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct Activity {
@@ -165,6 +226,7 @@ struct RawConfig {
     max_sessions: usize,
     compression: bool,
     state_file: Option<std::path::PathBuf>,
+    identify_queue: Option<RawIdentifyQueue>,
     #[serde(flatten)]
     unknown: serde_json::Map<String, serde_json::Value>,
 }
@@ -199,6 +261,7 @@ impl Default for RawConfig {
             max_sessions: 64,
             compression: true,
             state_file: None,
+            identify_queue: None,
             unknown: Default::default(),
         }
     }
@@ -263,6 +326,8 @@ pub struct Config {
     pub compression: bool,
     /// Where state is written at shutdown and read at start, for restarts without re-identifying.
     pub state_file: Option<std::path::PathBuf>,
+    /// Who paces IDENTIFYs: this process, or a coordinator shared by every proxy of the bot.
+    pub identify_queue: IdentifyQueueConfig,
     /// Keys present in the file that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -359,6 +424,7 @@ impl Config {
         if let Some(u) = &raw.externally_accessible_url {
             check_url("externally_accessible_url", u, &["ws", "wss"])?;
         }
+        let identify_queue = raw.identify_queue.map(RawIdentifyQueue::validate).transpose()?.unwrap_or_default();
         Ok(Self {
             log_level: raw.log_level,
             token,
@@ -387,6 +453,7 @@ impl Config {
             max_sessions: raw.max_sessions,
             compression: raw.compression,
             state_file: raw.state_file,
+            identify_queue,
             unknown_keys: raw.unknown.keys().cloned().collect(),
         })
     }
@@ -446,6 +513,32 @@ mod tests {
     }
 
     #[test]
+    fn identify_queue_spellings() {
+        let parse = |v: &str| {
+            Config::from_json(&format!(r#"{{"token":"t","intents":1,"identify_queue":{v}}}"#), None)
+                .map(|c| c.identify_queue)
+                .unwrap()
+        };
+        assert_eq!(
+            Config::from_json(r#"{"token":"t","intents":1}"#, None).unwrap().identify_queue,
+            IdentifyQueueConfig::Local
+        );
+        assert_eq!(parse(r#""local""#), IdentifyQueueConfig::Local);
+        assert_eq!(
+            parse(r#"{"type": "redis", "url": "redis://127.0.0.1:6379/0"}"#),
+            IdentifyQueueConfig::Redis { url: "redis://127.0.0.1:6379/0".into(), prefix: None }
+        );
+        assert_eq!(
+            parse(r#"{"type": "redis", "url": "redis://r/1", "prefix": "mybot"}"#),
+            IdentifyQueueConfig::Redis { url: "redis://r/1".into(), prefix: Some("mybot".into()) }
+        );
+        assert_eq!(
+            parse(r#"{"type": "http", "url": "http://queue:8000/"}"#),
+            IdentifyQueueConfig::Http { url: "http://queue:8000".into() }
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (r#"{"token":"t","intents":1,"port":"x"}"#, "port"),
@@ -460,6 +553,13 @@ mod tests {
             (r#"{"token":"t","intents":1,"sched_slice_us":200000}"#, "sched_slice_us"),
             (r#"{"token":"t","intents":1,"replay_memory":1000}"#, "replay_memory"),
             (r#"{"token":"t","intents":1,"replay_memory":-1}"#, "replay_memory"),
+            (r#"{"token":"t","intents":1,"identify_queue":"etcd"}"#, "identify_queue"),
+            (r#"{"token":"t","intents":1,"identify_queue":{"type":"redis"}}"#, "identify_queue.url"),
+            (r#"{"token":"t","intents":1,"identify_queue":{"type":"http","url":"redis://x"}}"#, "identify_queue.url"),
+            (
+                r#"{"token":"t","intents":1,"identify_queue":{"type":"redis","url":"redis://x","prefix":""}}"#,
+                "identify_queue.prefix",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::from_json(text, None).unwrap_err().to_string();

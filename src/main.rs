@@ -6,7 +6,7 @@ use gateway_proxy::{
     preflight,
     runtime::{self, lifecycle::Signals, Shared},
     state_file::{self, SavedShard},
-    upstream::{discovery, identify_queue::IdentifyQueue},
+    upstream::{self, discovery, identify_queue::IdentifyQueue},
 };
 use std::{
     collections::HashMap,
@@ -108,10 +108,12 @@ fn run() -> Result<(), String> {
     let token = config.token.clone();
     let shared = Arc::new(Shared {
         identify_queue: IdentifyQueue::start(
+            &config.identify_queue,
+            upstream::coordinator::bot_id_of_token(&config.token),
             limit.max_concurrency,
             limit.remaining,
             Duration::from_millis(limit.reset_after),
-        ),
+        )?,
         config,
         total_shards,
         local,

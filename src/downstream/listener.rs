@@ -25,8 +25,10 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
-/// Whether every local shard is connected and has READY, with each shard's state.
-/// Statuses are read from the process-wide `shard_status` gauges, so any core can answer.
+/// Whether every local shard is connected and has READY, with each shard's
+/// state, and why the identify coordinator cannot be reached while it cannot
+/// (shards waiting to identify wait for it). Statuses are read from the
+/// process-wide `shard_status` gauges, so any core can answer.
 fn readiness(core: &Core) -> (bool, String) {
     let gauges = crate::metrics::global();
     let mut all = true;
@@ -40,7 +42,11 @@ fn readiness(core: &Core) -> (bool, String) {
             serde_json::json!({"id": id, "status": crate::hub::ShardStatus::name_of(code)})
         })
         .collect();
-    (all, serde_json::json!({"ready": all, "shards": shards}).to_string())
+    let mut body = serde_json::json!({"ready": all, "shards": shards});
+    if let Some(why) = core.shared.identify_queue.outage() {
+        body["identify_queue"] = serde_json::json!({"reachable": false, "error": why});
+    }
+    (all, body.to_string())
 }
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(http::RequestHead, usize), String> {

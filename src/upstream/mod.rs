@@ -1,7 +1,9 @@
-//! The Discord side: discovery, identify pacing, connections, and one
-//! gateway state machine per shard.
+//! The Discord side: discovery, identify pacing (local or through a
+//! coordinator shared by several proxies), connections, and one gateway
+//! state machine per shard.
 
 pub mod connection;
+pub mod coordinator;
 pub mod discovery;
 pub mod identify_queue;
 pub mod ratelimit;

@@ -511,6 +511,7 @@ impl Conn {
         // Count the Identify for its shard and apply an injected failure.
         if let Some(Some((id, _))) = shard {
             let mut state = self.inner.lock();
+            state.identify_log.push((std::time::Instant::now(), id));
             let sh = state.shards.entry(id).or_default();
             sh.identifies += 1;
             sh.last_identify = Some(d.clone());

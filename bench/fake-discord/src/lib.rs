@@ -199,6 +199,8 @@ pub(crate) struct State {
     pub(crate) conns: HashMap<u64, UnboundedSender<ConnCmd>>,
     /// Successful Identifies so far (for `session_start_limit.remaining`).
     pub(crate) sessions_started: u64,
+    /// Every Identify received: when, and for which shard.
+    pub(crate) identify_log: Vec<(Instant, u32)>,
 }
 
 pub(crate) struct Inner {
@@ -465,6 +467,12 @@ impl FakeDiscord {
     pub fn delay_heartbeat_acks(&self, shard: u32, delay: Option<Duration>) {
         let mut state = self.inner.lock();
         state.shards.entry(shard).or_default().ack_delay = delay;
+    }
+
+    /// Every Identify received, in order: when, and for which shard (to
+    /// check how several proxies spaced them).
+    pub fn identify_log(&self) -> Vec<(Instant, u32)> {
+        self.inner.lock().identify_log.clone()
     }
 
     /// Identify payloads received (all shards, failed ones included).
