@@ -140,6 +140,17 @@ pub enum IdentifyQueueConfig {
     },
 }
 
+/// The URLs clients use to reach each instance of the bot's proxies
+/// (`instances`): instance `i` runs shards `[i × n, (i + 1) × n)`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Instances {
+    /// One URL per instance, in order.
+    List(Vec<String>),
+    /// A URL with `{ordinal}` in it (e.g. a StatefulSet's stable pod names).
+    Pattern(String),
+}
+
 /// `identify_queue` as written in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -227,6 +238,8 @@ struct RawConfig {
     compression: bool,
     state_file: Option<std::path::PathBuf>,
     identify_queue: Option<RawIdentifyQueue>,
+    shards_per_instance: Option<u32>,
+    instances: Option<Instances>,
     #[serde(flatten)]
     unknown: serde_json::Map<String, serde_json::Value>,
 }
@@ -262,6 +275,8 @@ impl Default for RawConfig {
             compression: true,
             state_file: None,
             identify_queue: None,
+            shards_per_instance: None,
+            instances: None,
             unknown: Default::default(),
         }
     }
@@ -328,6 +343,11 @@ pub struct Config {
     pub state_file: Option<std::path::PathBuf>,
     /// Who paces IDENTIFYs: this process, or a coordinator shared by every proxy of the bot.
     pub identify_queue: IdentifyQueueConfig,
+    /// Shards per instance: with it, an instance runs `[ordinal × n, (ordinal + 1) × n)`,
+    /// its ordinal being the `-N` suffix of its host name (a StatefulSet pod).
+    pub shards_per_instance: Option<u32>,
+    /// Where each instance of the bot's proxies is reached, for redirects and `/shard-map`.
+    pub instances: Option<Instances>,
     /// Keys present in the file that this version does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -425,6 +445,32 @@ impl Config {
             check_url("externally_accessible_url", u, &["ws", "wss"])?;
         }
         let identify_queue = raw.identify_queue.map(RawIdentifyQueue::validate).transpose()?.unwrap_or_default();
+        if raw.shards_per_instance == Some(0) {
+            return Err(invalid("shards_per_instance", "must be at least 1"));
+        }
+        if raw.shards_per_instance.is_some() && (raw.shard_start.is_some() || raw.shard_end.is_some()) {
+            return Err(invalid(
+                "shards_per_instance",
+                "cannot be combined with shard_start/shard_end: it derives them from the instance's ordinal",
+            ));
+        }
+        match &raw.instances {
+            Some(Instances::List(urls)) => {
+                if urls.is_empty() {
+                    return Err(invalid("instances", "an empty list: give one URL per instance"));
+                }
+                for url in urls {
+                    check_url("instances", url, &["ws", "wss"])?;
+                }
+            }
+            Some(Instances::Pattern(p)) => {
+                if !p.contains("{ordinal}") {
+                    return Err(invalid("instances", format!("the pattern `{p}` has no `{{ordinal}}` in it")));
+                }
+                check_url("instances", p, &["ws", "wss"])?;
+            }
+            None => {}
+        }
         Ok(Self {
             log_level: raw.log_level,
             token,
@@ -454,6 +500,8 @@ impl Config {
             compression: raw.compression,
             state_file: raw.state_file,
             identify_queue,
+            shards_per_instance: raw.shards_per_instance,
+            instances: raw.instances,
             unknown_keys: raw.unknown.keys().cloned().collect(),
         })
     }
@@ -554,6 +602,11 @@ mod tests {
             (r#"{"token":"t","intents":1,"replay_memory":1000}"#, "replay_memory"),
             (r#"{"token":"t","intents":1,"replay_memory":-1}"#, "replay_memory"),
             (r#"{"token":"t","intents":1,"identify_queue":"etcd"}"#, "identify_queue"),
+            (r#"{"token":"t","intents":1,"shards_per_instance":0}"#, "shards_per_instance"),
+            (r#"{"token":"t","intents":1,"shards_per_instance":2,"shard_start":0}"#, "shards_per_instance"),
+            (r#"{"token":"t","intents":1,"instances":"ws://gp:1"}"#, "instances"),
+            (r#"{"token":"t","intents":1,"instances":["http://gp:1"]}"#, "instances"),
+            (r#"{"token":"t","intents":1,"instances":[]}"#, "instances"),
             (r#"{"token":"t","intents":1,"identify_queue":{"type":"redis"}}"#, "identify_queue.url"),
             (r#"{"token":"t","intents":1,"identify_queue":{"type":"http","url":"redis://x"}}"#, "identify_queue.url"),
             (

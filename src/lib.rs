@@ -17,4 +17,5 @@ pub mod preflight;
 pub mod protocol;
 pub mod runtime;
 pub mod state_file;
+pub mod topology;
 pub mod upstream;

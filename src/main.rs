@@ -68,7 +68,10 @@ fn run() -> Result<(), String> {
     let gateway = discovery::fetch_gateway_bot(&config.api_url, &config.token)
         .map_err(|e| format!("GET {}/gateway/bot failed: {e}", config.api_url))?;
     let total_shards = config.shards.unwrap_or(gateway.shards).max(1);
-    let local = config.local_shards(total_shards).map_err(|e| e.to_string())?;
+    let hostname = gateway_proxy::topology::hostname();
+    let shard_map =
+        gateway_proxy::topology::ShardMap::resolve(&config, total_shards, &hostname).map_err(|e| e.to_string())?;
+    let local = shard_map.local.clone();
     let available = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
     let cores = config.cores.unwrap_or(available).min(local.len()).max(1);
     let limit = gateway.session_start_limit;
@@ -117,6 +120,7 @@ fn run() -> Result<(), String> {
         config,
         total_shards,
         local,
+        shard_map,
         cores,
         gateway_url,
         client_resume_url,

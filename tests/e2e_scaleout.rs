@@ -269,3 +269,51 @@ async fn three_proxies_share_one_bucket_through_twilights_gateway_queue() {
     let log = assert_spaced(&fake, 1, SPACING - Duration::from_millis(100));
     assert_eq!(log.len(), 3, "{:?}", timeline(&log));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_finds_its_shards_from_its_ordinal_and_sends_clients_of_other_shards_where_they_run() {
+    // Every pod has the same config; the StatefulSet's pod name gives the range.
+    let fake = fake(6, 6).await;
+    let same_config = json!({
+        "shards": 6,
+        "shards_per_instance": 2,
+        "instances": "ws://gateway-proxy-{ordinal}.gateway-proxy:7878",
+    });
+    let pod = Proxy::start_with_env(&fake, same_config, &[("HOSTNAME", "gateway-proxy-1")]).await;
+    assert!(fake.wait_until(WAIT, |f| f.has_session(2) && f.has_session(3)).await);
+    assert!(!fake.connected(0) && !fake.connected(4), "only its own shards");
+    let (status, body) = common::http_get(&pod.addr, "/shard-map").await;
+    assert_eq!(status, 200);
+    let map: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(map["shards"], 6);
+    assert_eq!(map["local"], json!({"shard_start": 2, "shard_end": 4}));
+    assert_eq!(
+        map["instances"][2],
+        json!({"url": "ws://gateway-proxy-2.gateway-proxy:7878", "shard_start": 4, "shard_end": 6})
+    );
+    // A client for shard 5 reached this pod: 4010, naming the pod that runs it.
+    let mut c = common::Client::connect(&pod.url(), "/?v=10&encoding=json").await;
+    c.identify(fake.token(), 5, 6).await;
+    let reason = c.expect_close(4010).await;
+    assert!(reason.contains("ws://gateway-proxy-2.gateway-proxy:7878"), "{reason}");
+    // Its own shards are served.
+    let mut c = common::Client::connect(&pod.url(), "/?v=10&encoding=json").await;
+    c.identify_and_load(fake.token(), 3, 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_instances_sends_clients_to_the_right_one() {
+    let fake = fake(4, 4).await;
+    let a = Proxy::start(&fake, json!({"shards": 4, "shard_start": 0, "shard_end": 2})).await;
+    let b_config =
+        json!({"shards": 4, "shard_start": 2, "shard_end": 4, "instances": [a.url(), "ws://second.example:7878"]});
+    let b = Proxy::start(&fake, b_config).await;
+    assert!(fake.wait_until(WAIT, |f| (0..4).all(|s| f.has_session(s))).await);
+    let mut c = common::Client::connect(&b.url(), "/?v=10&encoding=json").await;
+    c.identify(fake.token(), 1, 4).await;
+    let reason = c.expect_close(4010).await;
+    assert!(reason.contains(&a.url()), "{reason}");
+    // Following the redirect works.
+    let mut c = common::Client::connect(&a.url(), "/?v=10&encoding=json").await;
+    c.identify_and_load(fake.token(), 1, 4).await;
+}

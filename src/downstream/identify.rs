@@ -130,6 +130,19 @@ fn validate_resume(d: Option<&RawValue>, shared: &Shared) -> Action {
     }
 }
 
+/// "shard N is served by URL", cut to what a close frame holds (123 bytes).
+fn redirect_reason(shard: u32, url: &str) -> String {
+    let mut reason = format!("invalid shard: shard {shard} is served by {url}");
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
 fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
     let Some(data) = d.and_then(|d| serde_json::from_str::<IdentifyData>(d.get()).ok()) else {
         return close(4002, "decode error: invalid Identify payload");
@@ -145,6 +158,10 @@ fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
         return close(4010, format!("invalid shard: the proxy runs {} shards, not {count}", shared.total_shards));
     }
     let Ok(id) = u32::try_from(id) else { return close(4010, "invalid shard id") };
+    if let Some(url) = shared.shard_map.elsewhere(id) {
+        // Another instance of the bot's proxies runs it: say where.
+        return close(4010, redirect_reason(id, url));
+    }
     if id >= shared.total_shards || !shared.is_local(id) {
         return close(
             4010,

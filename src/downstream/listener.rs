@@ -96,6 +96,10 @@ async fn handle(core: Rc<Core>, mut stream: TcpStream) {
     } else {
         match head.path.as_str() {
             "/shard-count" => Some(reply(200, "OK", core.shared.total_shards.to_string())),
+            "/shard-map" => {
+                let map = core.shared.shard_map.to_json(&core.shared.client_resume_url);
+                Some(http::response(200, "OK", "application/json", &map.to_string()))
+            }
             "/health" => Some(reply(200, "OK", "ok\n".into())),
             "/metrics" => {
                 crate::runtime::sample_metrics(&core).await;

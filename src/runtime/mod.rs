@@ -58,6 +58,8 @@ pub struct Shared {
     pub total_shards: u32,
     /// Shards this process runs.
     pub local: Range<u32>,
+    /// Which instance of the bot's proxies serves every shard.
+    pub shard_map: crate::topology::ShardMap,
     /// Number of executors.
     pub cores: usize,
     /// Where shards identify.

@@ -33,6 +33,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy against `fake`, with `overrides` merged into the config.
     pub async fn start(fake: &FakeDiscord, overrides: Value) -> Proxy {
+        Self::start_with_env(fake, overrides, &[]).await
+    }
+
+    /// As [`Proxy::start`], with these environment variables set for the process.
+    pub async fn start_with_env(fake: &FakeDiscord, overrides: Value, env: &[(&str, &str)]) -> Proxy {
         let mut config = json!({
             "log_level": "info,gateway_proxy=debug",
             "token": fake.token(),
@@ -55,6 +60,7 @@ impl Proxy {
             .arg(&path)
             .env_remove("TOKEN")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
