@@ -92,12 +92,18 @@ fn run() -> Result<(), String> {
     let listeners = runtime::listeners(std::net::SocketAddr::new(config.host, config.port), cores)
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
-    let client_resume_url = config.externally_accessible_url.clone().unwrap_or_else(|| {
-        format!(
-            "ws://{}",
-            if config.host.is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
-        )
-    });
+    // Without externally_accessible_url, this instance's own entry of
+    // `instances` (every pod of a StatefulSet shares one config), else the
+    // address it listens on.
+    let client_resume_url =
+        config.externally_accessible_url.clone().or_else(|| shard_map.own_url().map(str::to_owned)).unwrap_or_else(
+            || {
+                format!(
+                    "ws://{}",
+                    if config.host.is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
+                )
+            },
+        );
     let gateway_url = config.gateway_url.clone().unwrap_or(gateway.url.trim_end_matches('/').to_owned());
     let signals = Signals::install(cores).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let restore: HashMap<u32, SavedShard> = config

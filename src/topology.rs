@@ -94,6 +94,11 @@ impl ShardMap {
         self.instances.iter().find(|(r, _)| r.contains(&shard)).map(|(_, url)| url.as_str())
     }
 
+    /// This instance's URL in `instances`, if it is listed with exactly its range.
+    pub fn own_url(&self) -> Option<&str> {
+        self.instances.iter().find(|(r, _)| *r == self.local).map(|(_, url)| url.as_str())
+    }
+
     /// `GET /shard-map`: every instance's URL and shard range; this instance
     /// (at `own_url`) alone when `instances` is not configured.
     pub fn to_json(&self, own_url: &str) -> serde_json::Value {
@@ -183,6 +188,7 @@ mod tests {
         let c = config(r#","shards_per_instance":4,"instances":"ws://gp-{ordinal}.gp:7878""#);
         let map = ShardMap::resolve(&c, 10, "gp-1").unwrap();
         assert_eq!(map.local, 4..8);
+        assert_eq!(map.own_url(), Some("ws://gp-1.gp:7878"));
         assert_eq!(map.elsewhere(9), Some("ws://gp-2.gp:7878"));
         let json = map.to_json("ws://me");
         assert_eq!(

@@ -127,6 +127,7 @@ async fn three_proxies_share_one_bucket_through_redis() {
     // Redis turns last 5.5 s: every gap is over 5 s.
     let log = assert_spaced(&fake, 1, SPACING);
     assert_eq!(log.len(), 6, "one IDENTIFY per shard: {:?}", timeline(&log));
+    eprintln!("IDENTIFY timeline (seconds, shard): {:?}", timeline(&log));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
