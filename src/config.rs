@@ -236,6 +236,8 @@ struct RawConfig {
     replay_memory: u64,
     max_sessions: usize,
     compression: bool,
+    client_intents: bool,
+    strict_intents: bool,
     state_file: Option<std::path::PathBuf>,
     identify_queue: Option<RawIdentifyQueue>,
     shards_per_instance: Option<u32>,
@@ -273,6 +275,8 @@ impl Default for RawConfig {
             replay_memory: DEFAULT_REPLAY_MEMORY,
             max_sessions: 64,
             compression: true,
+            client_intents: true,
+            strict_intents: false,
             state_file: None,
             identify_queue: None,
             shards_per_instance: None,
@@ -339,6 +343,12 @@ pub struct Config {
     pub max_sessions: usize,
     /// Whether transport compression is offered to clients (false: plain JSON whatever they ask).
     pub compression: bool,
+    /// Whether each client gets only the dispatches its Identify's intents
+    /// bring (false: every client gets everything the proxy receives).
+    pub client_intents: bool,
+    /// Whether an Identify asking for intents the proxy lacks is closed
+    /// with 4014 (false: it is served what the proxy has, with a warning).
+    pub strict_intents: bool,
     /// Where state is written at shutdown and read at start, for restarts without re-identifying.
     pub state_file: Option<std::path::PathBuf>,
     /// Who paces IDENTIFYs: this process, or a coordinator shared by every proxy of the bot.
@@ -498,6 +508,8 @@ impl Config {
             replay_memory: usize::try_from(raw.replay_memory).unwrap_or(usize::MAX),
             max_sessions: raw.max_sessions,
             compression: raw.compression,
+            client_intents: raw.client_intents,
+            strict_intents: raw.strict_intents,
             state_file: raw.state_file,
             identify_queue,
             shards_per_instance: raw.shards_per_instance,

@@ -36,6 +36,9 @@ pub struct SavedSession {
     pub id: String,
     /// Stream position.
     pub position: Position,
+    /// The intents it is served with (absent: everything).
+    #[serde(default)]
+    pub intents: Option<u64>,
 }
 
 /// Everything about one shard.

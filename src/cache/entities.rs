@@ -107,6 +107,25 @@ impl Entities {
         self.data.clone()
     }
 
+    /// The records of the entities `ids` (those present, once each, in the
+    /// order given), for a snapshot that lists only some of the collection.
+    pub fn records_of(&self, ids: impl IntoIterator<Item = u64>) -> Arc<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for id in ids {
+            if seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            if let Some(&at) = self.index.get(&id) {
+                let at = at as usize;
+                let len = (self.header(at) & !DEAD) as usize;
+                out.extend_from_slice(&self.data[at..at + HEADER + len]);
+            }
+        }
+        Arc::new(out)
+    }
+
     fn buf(&mut self) -> &mut Vec<u8> {
         Arc::make_mut(&mut self.data)
     }

@@ -2,7 +2,10 @@
 
 use super::compact::{object_members, Encoder, Shapes};
 use super::entities::{write_records, Entities};
-use crate::config::CacheConfig;
+use crate::{
+    config::CacheConfig,
+    protocol::intents::{GuildView, MembersView},
+};
 use std::sync::Arc;
 
 /// Keys of GUILD_CREATE that the cache holds as collections (or computes),
@@ -138,6 +141,27 @@ impl Guild {
             member_count: self.member_count,
             sets: self.sets().map(Entities::records),
         }
+    }
+
+    /// Like [`Self::freeze`], with the members, presences and voice states
+    /// a client of `view` is sent; `bot` is the bot's user id.
+    pub fn freeze_for(&self, view: GuildView, bot: Option<u64>) -> FrozenGuild {
+        let mut frozen = self.freeze();
+        let [.., members, presences, voice_states, _, _, _] = &mut frozen.sets;
+        match view.members {
+            MembersView::All => {}
+            MembersView::BotOnly => *members = self.members.records_of(bot),
+            MembersView::BotAndVoice => {
+                *members = self.members.records_of(bot.into_iter().chain(self.voice_states.ids()))
+            }
+        }
+        if !view.presences {
+            *presences = Arc::default();
+        }
+        if !view.voice_states {
+            *voice_states = Arc::default();
+        }
+        frozen
     }
 
     fn sets(&self) -> [&Entities; 11] {

@@ -381,6 +381,14 @@ impl ShardCache {
         self.guilds.values().map(Guild::freeze).collect()
     }
 
+    /// Like [`Self::freeze_guilds`], cut to what a client of `view` is sent.
+    pub fn freeze_guilds_for(&self, view: crate::protocol::intents::GuildView) -> Vec<FrozenGuild> {
+        if view == crate::protocol::intents::GuildView::FULL {
+            return self.freeze_guilds();
+        }
+        self.guilds.values().map(|g| g.freeze_for(view, self.bot_id)).collect()
+    }
+
     /// Appends a frozen guild's GUILD_CREATE `d`.
     pub fn write_frozen(&self, guild: &FrozenGuild, out: &mut Vec<u8>) {
         guild.write_create(&self.shapes, out);

@@ -18,7 +18,11 @@ use super::{
 };
 use crate::{
     hub::{routing::VoiceAnswer, Attached, ResumeError, ShardHub, ShardStatus},
-    protocol::{dispatch::Dispatch, op},
+    protocol::{
+        dispatch::Dispatch,
+        intents::{self, ClientIntents},
+        op,
+    },
     runtime::Core,
     upstream::ratelimit::{self, SendLimiter},
 };
@@ -359,9 +363,14 @@ async fn serve_session(
     let queue = Rc::new(ClientQueue::new(core.shared.config.backpressure));
     let read_fd = conn.fd.as_raw_fd();
     let (session, generation, first, start_seq) = match &intent {
-        Intent::Identify(_) => {
+        Intent::Identify(v) => {
+            let config = &core.shared.config;
+            let intents = match v.intents {
+                Some(asked) if config.client_intents => ClientIntents::for_client(asked, config.intents),
+                _ => None,
+            };
             let Attached { session, generation, first: snapshot } =
-                hub.attach_new(conn_id, queue.clone(), read_fd, &core.shared.client_resume_url);
+                hub.attach_new(conn_id, queue.clone(), read_fd, &core.shared.client_resume_url, intents);
             log::info!(
                 "{}: identified for shard {shard}: session {}, {} guild payloads (client {conn_id}, core {})",
                 conn.peer,
@@ -369,6 +378,16 @@ async fn serve_session(
                 dispatch_count(&snapshot) - 1,
                 core.index
             );
+            let missing = v.intents.unwrap_or(0) & !config.intents;
+            if config.client_intents && missing != 0 {
+                log::warn!(
+                    "{}: session {} asked for intents the proxy does not receive: {}; it gets the rest. \
+                     Add them to `intents`, or set `strict_intents` to refuse such clients with 4014",
+                    conn.peer,
+                    session.id,
+                    intents::names(missing)
+                );
+            }
             (session, generation, snapshot, 0)
         }
         Intent::Resume(r) => match hub.attach_resume(&r.session_id, r.seq, conn_id, queue.clone(), read_fd) {

@@ -1,7 +1,13 @@
 //! Validation of what a client sends before and at Identify, with the close
 //! codes Discord would use.
 
-use crate::{protocol::op, runtime::Shared};
+use crate::{
+    protocol::{
+        intents::{names, KNOWN},
+        op,
+    },
+    runtime::Shared,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -40,6 +46,8 @@ pub struct ValidIdentify {
     pub shard: u32,
     /// Whether the client asked for per-message zlib (`compress: true`).
     pub compress: bool,
+    /// The intents it asked for (`None`: it sent none).
+    pub intents: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +71,8 @@ struct IdentifyData {
     shard: Option<[u64; 2]>,
     #[serde(default)]
     compress: Option<bool>,
+    #[serde(default)]
+    intents: Option<serde_json::Value>,
 }
 
 fn close(code: u16, reason: impl Into<String>) -> Action {
@@ -171,7 +181,35 @@ fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
             ),
         );
     }
-    Action::Identify(ValidIdentify { shard: id, compress: data.compress.unwrap_or(false) })
+    let intents = match data.intents {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(bits) if bits & !KNOWN == 0 => Some(bits),
+            _ => return close(4013, format!("invalid intent(s): {v}")),
+        },
+    };
+    if let Some(asked) = intents {
+        let missing = asked & !shared.config.intents;
+        if shared.config.client_intents && shared.config.strict_intents && missing != 0 {
+            return close(4014, disallowed_reason(missing));
+        }
+    }
+    Action::Identify(ValidIdentify { shard: id, compress: data.compress.unwrap_or(false), intents })
+}
+
+/// "disallowed intent(s): NAMES (the proxy identifies without them)", cut
+/// to what a close frame holds.
+fn disallowed_reason(missing: u64) -> String {
+    let mut reason = format!("disallowed intent(s): {} (not in the proxy's intents)", names(missing));
+    if reason.len() > 123 {
+        let mut end = 120;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod frames;
+pub mod guild_view;
 pub mod http;
 pub mod identify;
 pub mod listener;

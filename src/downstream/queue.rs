@@ -79,6 +79,13 @@ impl ClientQueue {
         Ok(())
     }
 
+    /// Whether the writer is parked on an empty, open queue: everything it
+    /// was given has been encoded (and its position recorded).
+    pub fn writer_waiting(&self) -> bool {
+        let inner = self.inner.borrow();
+        inner.waker.is_some() && inner.items.is_empty() && !inner.closed
+    }
+
     /// Closes the queue: the writer ends once it has drained what is queued.
     pub fn close(&self) {
         let mut inner = self.inner.borrow_mut();

@@ -2,6 +2,7 @@
 //! RESUME. A session remembers where in its shard's replay buffer the
 //! client's stream stands and which sequence number it has reached.
 
+use crate::protocol::intents::ClientIntents;
 use std::{
     cell::Cell,
     os::fd::RawFd,
@@ -17,6 +18,8 @@ pub struct ClientSession {
     pub id: String,
     /// The shard it belongs to.
     pub shard: u32,
+    /// The intents its Identify asked for, as served (`None`: everything).
+    pub intents: Option<ClientIntents>,
     generation: Cell<u64>,
     resume_from: Cell<u64>,
     sent_seq: Cell<u64>,
@@ -55,11 +58,12 @@ pub struct Position {
 
 impl ClientSession {
     /// A new session whose live stream starts at replay index `start`.
-    pub fn new(num: u64, shard: u32, start: u64) -> Self {
+    pub fn new(num: u64, shard: u32, start: u64, intents: Option<ClientIntents>) -> Self {
         Self {
             num,
             id: new_session_id(shard),
             shard,
+            intents,
             generation: Cell::new(0),
             resume_from: Cell::new(start),
             sent_seq: Cell::new(0),
@@ -70,11 +74,12 @@ impl ClientSession {
     }
 
     /// A session read back from the state file, disconnected as of now.
-    pub fn restored(num: u64, id: String, shard: u32, pos: Position) -> Self {
+    pub fn restored(num: u64, id: String, shard: u32, pos: Position, intents: Option<ClientIntents>) -> Self {
         Self {
             num,
             id,
             shard,
+            intents,
             generation: Cell::new(0),
             resume_from: Cell::new(pos.resume_from),
             sent_seq: Cell::new(pos.sent_seq),
@@ -120,6 +125,16 @@ impl ClientSession {
         }
     }
 
+    /// Records that the dispatch at replay index `index`, which this
+    /// session does not receive, needs no replay either. Only called while
+    /// generation `generation`'s writer waits with nothing in hand, so
+    /// every earlier dispatch it receives was already recorded as sent.
+    pub fn skip_past(&self, generation: u64, index: u64) {
+        if generation == self.generation.get() && self.resume_from.get() <= index {
+            self.resume_from.set(index + 1);
+        }
+    }
+
     /// The connection currently attached (connection id, socket).
     pub fn connection(&self) -> Option<(u64, RawFd)> {
         self.connection.get()
@@ -159,7 +174,7 @@ mod tests {
 
     #[test]
     fn only_the_current_generation_moves_the_position() {
-        let s = ClientSession::new(1, 0, 10);
+        let s = ClientSession::new(1, 0, 10, None);
         let g1 = s.begin(1, -1, s.position());
         s.record_sent(g1, 1, None);
         s.record_sent(g1, 2, Some(10));

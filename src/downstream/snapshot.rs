@@ -1,18 +1,28 @@
 //! READY and GUILD_CREATE for a client that identifies, built from the cache.
 
 use super::outgoing::Outgoing;
-use crate::{hub::ShardHub, protocol::dispatch::Dispatch};
+use crate::{
+    hub::ShardHub,
+    protocol::{dispatch::Dispatch, intents::ClientIntents},
+};
 use std::rc::Rc;
 
 /// Builds READY, one GUILD_CREATE per available guild, and GUILD_DELETE
 /// `{id, unavailable: true}` for guilds in an outage (or still missing
-/// after the load grace period).
+/// after the load grace period). A client served with `intents` gets the
+/// guilds only with GUILDS, and their lists cut to its intents.
 ///
 /// The guilds are frozen, not written: the client's writer turns each into
 /// JSON as it sends it, so the first GUILD_CREATE leaves while the others
 /// are still compact, and a client costs no more memory than the
 /// collections that change while it is being sent.
-pub fn build(hub: &ShardHub, session_id: &str, resume_url: &str, grace_over: bool) -> Vec<Outgoing> {
+pub fn build(
+    hub: &ShardHub,
+    session_id: &str,
+    resume_url: &str,
+    grace_over: bool,
+    intents: Option<ClientIntents>,
+) -> Vec<Outgoing> {
     let cache = hub.cache.borrow();
     let mut d = Vec::with_capacity(256 + cache.guild_count() * 40);
     d.extend_from_slice(b"{\"v\":10,\"user\":");
@@ -38,7 +48,14 @@ pub fn build(hub: &ShardHub, session_id: &str, resume_url: &str, grace_over: boo
         b",\"private_channels\":[],\"guild_join_requests\":[],\"presences\":[],\"relationships\":[],\"user_settings\":{},\"geo_ordered_rtc_regions\":[],\"auth\":{}}",
     );
     let mut out = vec![Outgoing::Snapshot(vec![Rc::new(Dispatch::build("READY", &d))])];
-    out.push(Outgoing::Guilds(cache.freeze_guilds()));
+    let guilds_class = crate::protocol::intents::classify(b"GUILD_CREATE", None, None);
+    if intents.is_some_and(|i| !i.allows(guilds_class)) {
+        return out;
+    }
+    out.push(Outgoing::Guilds(match intents {
+        Some(i) => cache.freeze_guilds_for(i.guild_view()),
+        None => cache.freeze_guilds(),
+    }));
     let mut deletes = Vec::new();
     for (id, status) in cache.missing() {
         if ShardHub::report_missing(status, grace_over) {

@@ -13,7 +13,7 @@ use crate::{
         queue::{ClientQueue, PushError},
         session::{ClientSession, Position},
     },
-    protocol::dispatch::Dispatch,
+    protocol::{dispatch::Dispatch, intents::ClientIntents},
 };
 use replay::{ReplayBuffer, ReplayLedger, REPLAY_TAIL};
 use routing::Routing;
@@ -94,6 +94,12 @@ pub struct Subscriber {
     pub queue: Rc<ClientQueue>,
     /// The client's socket, shut down when it falls hopelessly behind.
     pub fd: RawFd,
+    /// The intents it is served with (`None`: everything, nothing to check).
+    pub intents: Option<ClientIntents>,
+    /// The session, whose position moves past what it does not receive.
+    pub client: Rc<ClientSession>,
+    /// The session generation this connection serves.
+    pub generation: u64,
 }
 
 /// Why a client RESUME was refused (answered with op 9 `d: false`).
@@ -201,7 +207,8 @@ impl ShardHub {
         hub.replay.borrow_mut().restore(saved.replay_first, events);
         ledger.enforce();
         for s in saved.sessions {
-            hub.store_session(Rc::new(ClientSession::restored(s.num, s.id, saved.id, s.position)));
+            let intents = s.intents.map(ClientIntents::from_bits);
+            hub.store_session(Rc::new(ClientSession::restored(s.num, s.id, saved.id, s.position, intents)));
         }
         *hub.routing.borrow_mut() = Routing::import(saved.routing);
         hub
@@ -228,7 +235,12 @@ impl ShardHub {
                 .sessions
                 .borrow()
                 .values()
-                .map(|s| SavedSession { num: s.num, id: s.id.clone(), position: s.position() })
+                .map(|s| SavedSession {
+                    num: s.num,
+                    id: s.id.clone(),
+                    position: s.position(),
+                    intents: s.intents.map(ClientIntents::bits),
+                })
                 .collect(),
             routing: self.routing.borrow().export(),
         }
@@ -333,11 +345,44 @@ impl ShardHub {
         };
         let mut lagged = 0;
         let mut deepest = 0;
+        let mut bot = None;
+        let mut cuts: Vec<(crate::protocol::intents::GuildView, Rc<Dispatch>)> = Vec::new();
         self.subscribers.borrow_mut().retain(|sub| {
             if !dispatch.visible_to(sub.session) {
                 return true;
             }
-            match sub.queue.push(Outgoing::Dispatch(dispatch.clone())) {
+            let item = match sub.intents {
+                None => dispatch.clone(),
+                Some(intents) => {
+                    let bot = *bot.get_or_insert_with(|| self.cache.borrow().bot_id());
+                    let class = dispatch.class(bot);
+                    if !intents.allows(class) {
+                        // Nothing to replay to it either, once its writer has
+                        // everything before: the replay floor does not stall
+                        // behind events it never gets.
+                        if let Some(index) = dispatch.index() {
+                            if sub.queue.writer_waiting() {
+                                sub.client.skip_past(sub.generation, index);
+                            }
+                        }
+                        return true;
+                    }
+                    if class.guild_create {
+                        let view = intents.guild_view();
+                        match cuts.iter().find(|(v, _)| *v == view) {
+                            Some((_, cut)) => cut.clone(),
+                            None => {
+                                let cut = crate::downstream::guild_view::guild_create_for(&dispatch, view, bot);
+                                cuts.push((view, cut.clone()));
+                                cut
+                            }
+                        }
+                    } else {
+                        dispatch.clone()
+                    }
+                }
+            };
+            match sub.queue.push(Outgoing::Dispatch(item)) {
                 Ok(()) => {
                     deepest = deepest.max(sub.queue.len());
                     true
@@ -410,13 +455,29 @@ impl ShardHub {
     /// GUILD_CREATEs from the cache and subscribes it in the same step:
     /// nothing can be published in between (single thread, no await), so
     /// the live stream continues exactly where the snapshot ends.
-    pub fn attach_new(&self, conn: u64, queue: Rc<ClientQueue>, fd: RawFd, resume_url: &str) -> Attached {
+    pub fn attach_new(
+        &self,
+        conn: u64,
+        queue: Rc<ClientQueue>,
+        fd: RawFd,
+        resume_url: &str,
+        intents: Option<ClientIntents>,
+    ) -> Attached {
         let start = self.replay.borrow().next_index();
-        let session = Rc::new(ClientSession::new(conn, self.id, start));
-        let snapshot = crate::downstream::snapshot::build(self, &session.id, resume_url, self.guild_grace_over());
+        let session = Rc::new(ClientSession::new(conn, self.id, start, intents));
+        let snapshot =
+            crate::downstream::snapshot::build(self, &session.id, resume_url, self.guild_grace_over(), intents);
         let generation = session.begin(conn, fd, Position { resume_from: start, sent_seq: 0, floor_seq: 0 });
         self.store_session(session.clone());
-        self.subscribers.borrow_mut().push(Subscriber { id: conn, session: session.num, queue, fd });
+        self.subscribers.borrow_mut().push(Subscriber {
+            id: conn,
+            session: session.num,
+            queue,
+            fd,
+            intents,
+            client: session.clone(),
+            generation,
+        });
         Attached { session, generation, first: snapshot }
     }
 
@@ -439,6 +500,8 @@ impl ShardHub {
         if seq < pos.floor_seq {
             return Err(ResumeError::TooOld);
         }
+        let bot = self.cache.borrow().bot_id();
+        let reaches = |d: &Dispatch| d.reaches(session.num, session.intents, bot);
         let replay = self.replay.borrow();
         // Walk back from the first unsent dispatch over the ones this
         // session saw, until reaching the one after the client's `seq`.
@@ -449,14 +512,24 @@ impl ShardHub {
                 return Err(ResumeError::TooOld);
             }
             start -= 1;
-            if replay.get(start).is_some_and(|d| d.visible_to(session.num)) {
+            if replay.get(start).is_some_and(|d| reaches(d)) {
                 to_skip -= 1;
             }
         }
         if start < replay.first_index() {
             return Err(ResumeError::TooOld);
         }
-        let mut out: Vec<Rc<Dispatch>> = replay.since(start).filter(|d| d.visible_to(session.num)).cloned().collect();
+        let view = session.intents.map(|i| i.guild_view());
+        let mut out: Vec<Rc<Dispatch>> = replay
+            .since(start)
+            .filter(|d| reaches(d))
+            .map(|d| match view {
+                Some(view) if d.class(bot).guild_create => {
+                    crate::downstream::guild_view::guild_create_for(d, view, bot)
+                }
+                _ => d.clone(),
+            })
+            .collect();
         drop(replay);
         out.push(Rc::new(Dispatch::build("RESUMED", b"{}")));
         // A connection still attached to the session is replaced, as Discord does.
@@ -468,7 +541,15 @@ impl ShardHub {
         }
         let generation =
             session.begin(conn, fd, Position { resume_from: start, sent_seq: seq, floor_seq: pos.floor_seq });
-        self.subscribers.borrow_mut().push(Subscriber { id: conn, session: session.num, queue, fd });
+        self.subscribers.borrow_mut().push(Subscriber {
+            id: conn,
+            session: session.num,
+            queue,
+            fd,
+            intents: session.intents,
+            client: session.clone(),
+            generation,
+        });
         Ok(Attached { session, generation, first: vec![Outgoing::Snapshot(out)] })
     }
 

@@ -2,9 +2,12 @@
 //! (or as the proxy built them) plus where its sequence number sits, so each
 //! client's own sequence can be spliced in without re-encoding.
 
-use super::scan::{self, ScanError};
+use super::{
+    intents::{self, Class, ClientIntents},
+    scan::{self, ScanError},
+};
 use bytes::Bytes;
-use std::ops::Range;
+use std::{cell::Cell, ops::Range};
 
 /// Index of a dispatch that is not in a shard's replay buffer (READY and
 /// GUILD_CREATE built for one client, RESUMED).
@@ -22,14 +25,20 @@ pub struct Dispatch {
     index: u64,
     /// The only client session that should see it (routed replies), if any.
     target: Option<u64>,
+    /// Its [`Class`], found the first time a filtering client asks
+    /// (`CLASS_UNKNOWN` until then): clients that filter nothing never pay for it.
+    class: Cell<u64>,
 }
+
+const CLASS_UNKNOWN: u64 = u64::MAX;
+const CLASS_GUILD_CREATE: u64 = 1 << 62;
 
 impl Dispatch {
     /// Wraps an upstream payload whose `s` field is at `seq`.
     pub fn from_parts(raw: impl Into<Bytes>, seq: Range<usize>) -> Self {
         let raw = raw.into();
         debug_assert!(seq.end <= raw.len());
-        Self { raw, seq, index: UNINDEXED, target: None }
+        Self { raw, seq, index: UNINDEXED, target: None, class: Cell::new(CLASS_UNKNOWN) }
     }
 
     /// Scans a payload for its top-level `s`.
@@ -87,6 +96,31 @@ impl Dispatch {
         self.target.is_none_or(|t| t == session)
     }
 
+    /// Which intents it needs; `bot` is the bot's user id (some rules ask
+    /// whether an event concerns the bot). Scans the payload once, then remembers.
+    pub fn class(&self, bot: Option<u64>) -> Class {
+        let known = self.class.get();
+        if known != CLASS_UNKNOWN {
+            return Class { need: known & !CLASS_GUILD_CREATE, guild_create: known & CLASS_GUILD_CREATE != 0 };
+        }
+        let class = match scan::scan_relay(&self.raw) {
+            Ok(fields) => match fields.event_name(&self.raw) {
+                Some(t) if intents::decided_by_name(t) => intents::classify(t, None, bot),
+                Some(t) => intents::classify(t, fields.d.map(|r| &self.raw[r]), bot),
+                None => Class::ANY,
+            },
+            Err(_) => Class::ANY,
+        };
+        self.class.set(class.need | if class.guild_create { CLASS_GUILD_CREATE } else { 0 });
+        class
+    }
+
+    /// Whether client session `session`, served with `intents` (`None`:
+    /// everything), receives this dispatch.
+    pub fn reaches(&self, session: u64, intents: Option<ClientIntents>, bot: Option<u64>) -> bool {
+        self.visible_to(session) && intents.is_none_or(|i| i.allows(self.class(bot)))
+    }
+
     /// Where the sequence number sits in the payload.
     pub fn seq_range(&self) -> Range<usize> {
         self.seq.clone()
@@ -137,6 +171,21 @@ mod tests {
         d.write_with_seq(7, &mut out);
         assert_eq!(out, br#"{"t":"X","s":7,"op":0,"d":{"s":1}}"#);
         assert_eq!(d.len_with_seq(7), out.len());
+    }
+
+    #[test]
+    fn class_is_found_once_and_filters() {
+        let d =
+            Dispatch::parse(br#"{"t":"MESSAGE_CREATE","s":3,"op":0,"d":{"id":"1","guild_id":"2"}}"#.to_vec()).unwrap();
+        let guild_messages = ClientIntents::from_bits(1 << 9);
+        let dms = ClientIntents::from_bits(1 << 12);
+        assert!(d.reaches(7, Some(guild_messages), None));
+        assert!(!d.reaches(7, Some(dms), None));
+        assert!(d.reaches(7, None, None));
+        assert_eq!(d.class(None).need, 1 << 9);
+        let create = Dispatch::build("GUILD_CREATE", b"{}");
+        assert!(create.class(None).guild_create && create.class(None).guild_create);
+        assert!(!create.for_session(1).reaches(2, None, None), "a routed reply reaches only its session");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod close_code;
 pub mod dispatch;
+pub mod intents;
 pub mod scan;
 
 /// Gateway opcodes (Discord API v10).

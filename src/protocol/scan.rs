@@ -78,6 +78,41 @@ pub fn scan_relay(p: &[u8]) -> Result<Fields, ScanError> {
     scan_inner(p, true)
 }
 
+/// The raw value of top-level key `key` of the JSON object `obj`, walking
+/// only the top level (nested values are skipped by depth). `None` when the
+/// key is absent or the object is malformed.
+pub fn top_level_value<'a>(obj: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut i = skip_ws(obj, 0);
+    if obj.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(obj, i + 1);
+    if obj.get(i) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        if obj.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(obj, i).ok()? - 1;
+        let found = &obj[i + 1..key_end] == key;
+        i = skip_ws(obj, key_end + 1);
+        if obj.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(obj, i + 1);
+        let end = skip_value(obj, i).ok()?;
+        if found {
+            return Some(&obj[i..end]);
+        }
+        i = skip_ws(obj, end);
+        match obj.get(i) {
+            Some(b',') => i = skip_ws(obj, i + 1),
+            _ => return None,
+        }
+    }
+}
+
 fn scan_inner(p: &[u8], stop_at_d: bool) -> Result<Fields, ScanError> {
     let mut fields = Fields::default();
     let mut i = skip_ws(p, 0);
