@@ -406,7 +406,7 @@ impl Generator {
     }
 
     /// Role object `k` of guild `i` (`None` for k >= roles_per_guild).
-    fn role(&self, i: u32, k: u32) -> Value {
+    pub fn role(&self, i: u32, k: u32) -> Value {
         let id = self.role_id(i, k);
         let color = (splitmix64(id) & 0xff_ffff) as u32;
         let mut role = json!({
