@@ -234,12 +234,20 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Intents every consumer identifies with (`--client-intents`).
+static INTENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(513);
+
+/// Sets the intents every consumer identifies with.
+pub fn set_intents(intents: u64) {
+    INTENTS.store(intents, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn identify(token: &str, shard: u32, shards: u32) -> String {
     serde_json::json!({
         "op": 2,
         "d": {
             "token": token,
-            "intents": 513,
+            "intents": INTENTS.load(std::sync::atomic::Ordering::Relaxed),
             "properties": { "os": "linux", "browser": "loadtest", "device": "loadtest" },
             "shard": [shard, shards],
             "large_threshold": 250,

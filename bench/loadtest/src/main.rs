@@ -45,6 +45,9 @@ usage: cargo run --release -p loadtest -- [options]
   --long-secs N      seconds of the long trickle row, 128 shards at 4000/s (default 300; 0 skips it)
   --heartbeat-ms N   heartbeat interval the trickle rows' fake asks for (default 41250, Discord's)
   --cache-guilds N   guilds of the issue-3 rows (default 2000)
+  --proxy-intents N  intents the proxy identifies with (default 513: GUILDS | GUILD_MESSAGES)
+  --client-intents N intents every consumer identifies with (default 513; fewer than the
+                     proxy's makes the proxy filter each event per client)
   --proxy PATH       proxy binary to test (default target/release/gateway-proxy)
   --no-build         do not run `cargo build --release -p gateway-proxy` first
   -h, --help         this help
@@ -144,6 +147,8 @@ fn parse_args() -> Result<Args, String> {
             "--heartbeat-ms" => a.heartbeat_ms = num("--heartbeat-ms")?.clamp(100, 600_000),
             "--cache-guilds" => guilds = Some(num("--cache-guilds")?.clamp(1, 20_000) as u32),
             "--no-build" => a.build = false,
+            "--proxy-intents" => proxy::set_intents(num("--proxy-intents")?),
+            "--client-intents" => consumer::set_intents(num("--client-intents")?),
             "--proxy" => {
                 a.proxy = Some(it.next().map(PathBuf::from).ok_or("--proxy needs a path")?);
                 a.build = false;

@@ -7,6 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+
+/// Intents the proxy identifies with (`--proxy-intents`).
+static INTENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(513);
+
+/// Sets the intents the proxy identifies with.
+pub fn set_intents(intents: u64) {
+    INTENTS.store(intents, std::sync::atomic::Ordering::Relaxed);
+}
 /// Settings of one proxy process.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -148,7 +156,7 @@ impl Proxy {
             // LOADTEST_PROXY_LOG overrides it, to look into a failure.
             "log_level": std::env::var("LOADTEST_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
             "token": token,
-            "intents": 513,
+            "intents": INTENTS.load(std::sync::atomic::Ordering::Relaxed),
             "host": "127.0.0.1",
             "port": port,
             "shards": settings.shards,
