@@ -3,6 +3,7 @@
 
 use crate::{
     protocol::{
+        close_code::CloseCode,
         intents::{names, KNOWN},
         op,
     },
@@ -75,8 +76,8 @@ struct IdentifyData {
     intents: Option<serde_json::Value>,
 }
 
-fn close(code: u16, reason: impl Into<String>) -> Action {
-    Action::Close(code, reason.into())
+fn close(code: CloseCode, reason: impl Into<String>) -> Action {
+    Action::Close(code as u16, reason.into())
 }
 
 /// Compares tokens in time independent of where they differ.
@@ -97,25 +98,25 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
 /// connection already identified.
 pub fn classify(text: &[u8], identified: bool, shared: &Shared) -> Action {
     let Ok(payload) = serde_json::from_slice::<Payload>(text) else {
-        return close(4002, "decode error: payload is not a JSON object with an `op`");
+        return close(CloseCode::DecodeError, "decode error: payload is not a JSON object with an `op`");
     };
     let Some(opcode) = payload.op else {
-        return close(4002, "decode error: payload has no `op`");
+        return close(CloseCode::DecodeError, "decode error: payload has no `op`");
     };
     let opcode = match u8::try_from(opcode) {
         Ok(o) if matches!(o, 1 | 2 | 3 | 4 | 6 | 8 | 31) => o,
-        _ => return close(4001, format!("unknown opcode {opcode}")),
+        _ => return close(CloseCode::UnknownOpcode, format!("unknown opcode {opcode}")),
     };
     match opcode {
         op::HEARTBEAT => Action::Ack,
-        op::IDENTIFY if identified => close(4005, "already authenticated"),
+        op::IDENTIFY if identified => close(CloseCode::AlreadyAuthenticated, "already authenticated"),
         op::IDENTIFY => validate_identify(payload.d, shared),
-        op::RESUME if identified => close(4005, "already authenticated"),
+        op::RESUME if identified => close(CloseCode::AlreadyAuthenticated, "already authenticated"),
         op::RESUME => validate_resume(payload.d, shared),
-        _ if !identified => close(4003, "not authenticated: send Identify first"),
+        _ if !identified => close(CloseCode::NotAuthenticated, "not authenticated: send Identify first"),
         other => {
             if payload.d.is_none() {
-                return close(4002, "decode error: command without `d`");
+                return close(CloseCode::DecodeError, "decode error: command without `d`");
             }
             Action::Command(other)
         }
@@ -124,10 +125,10 @@ pub fn classify(text: &[u8], identified: bool, shared: &Shared) -> Action {
 
 fn validate_resume(d: Option<&RawValue>, shared: &Shared) -> Action {
     let Some(data) = d.and_then(|d| serde_json::from_str::<ResumeData>(d.get()).ok()) else {
-        return close(4002, "decode error: invalid Resume payload");
+        return close(CloseCode::DecodeError, "decode error: invalid Resume payload");
     };
     let (Some(token), Some(session_id)) = (data.token, data.session_id) else {
-        return close(4002, "decode error: Resume needs token and session_id");
+        return close(CloseCode::DecodeError, "decode error: Resume needs token and session_id");
     };
     if shared.config.validate_token && !token_matches(&token, &shared.config.token) {
         return Action::InvalidSession("wrong token".into());
@@ -155,26 +156,29 @@ fn redirect_reason(shard: u32, url: &str) -> String {
 
 fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
     let Some(data) = d.and_then(|d| serde_json::from_str::<IdentifyData>(d.get()).ok()) else {
-        return close(4002, "decode error: invalid Identify payload");
+        return close(CloseCode::DecodeError, "decode error: invalid Identify payload");
     };
     let Some(token) = data.token else {
-        return close(4002, "decode error: Identify without token");
+        return close(CloseCode::DecodeError, "decode error: Identify without token");
     };
     if shared.config.validate_token && !token_matches(&token, &shared.config.token) {
-        return close(4004, "authentication failed");
+        return close(CloseCode::AuthenticationFailed, "authentication failed");
     }
     let [id, count] = data.shard.unwrap_or([0, 1]);
     if count != u64::from(shared.total_shards) {
-        return close(4010, format!("invalid shard: the proxy runs {} shards, not {count}", shared.total_shards));
+        return close(
+            CloseCode::InvalidShard,
+            format!("invalid shard: the proxy runs {} shards, not {count}", shared.total_shards),
+        );
     }
-    let Ok(id) = u32::try_from(id) else { return close(4010, "invalid shard id") };
+    let Ok(id) = u32::try_from(id) else { return close(CloseCode::InvalidShard, "invalid shard id") };
     if let Some(url) = shared.shard_map.elsewhere(id) {
         // Another instance of the bot's proxies runs it: say where.
-        return close(4010, redirect_reason(id, url));
+        return close(CloseCode::InvalidShard, redirect_reason(id, url));
     }
     if id >= shared.total_shards || !shared.is_local(id) {
         return close(
-            4010,
+            CloseCode::InvalidShard,
             format!(
                 "invalid shard: shard {id} is not served here (local shards {}..{})",
                 shared.local.start, shared.local.end
@@ -185,13 +189,13 @@ fn validate_identify(d: Option<&RawValue>, shared: &Shared) -> Action {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(bits) if bits & !KNOWN == 0 => Some(bits),
-            _ => return close(4013, format!("invalid intent(s): {v}")),
+            _ => return close(CloseCode::InvalidIntents, format!("invalid intent(s): {v}")),
         },
     };
     if let Some(asked) = intents {
         let missing = asked & !shared.config.intents;
         if shared.config.client_intents && shared.config.strict_intents && missing != 0 {
-            return close(4014, disallowed_reason(missing));
+            return close(CloseCode::DisallowedIntents, disallowed_reason(missing));
         }
     }
     Action::Identify(ValidIdentify { shard: id, compress: data.compress.unwrap_or(false), intents })

@@ -48,8 +48,8 @@ pub fn build(
         b",\"private_channels\":[],\"guild_join_requests\":[],\"presences\":[],\"relationships\":[],\"user_settings\":{},\"geo_ordered_rtc_regions\":[],\"auth\":{}}",
     );
     let mut out = vec![Outgoing::Snapshot(vec![Rc::new(Dispatch::build("READY", &d))])];
-    let guilds_class = crate::protocol::intents::classify(b"GUILD_CREATE", None, None);
-    if intents.is_some_and(|i| !i.allows(guilds_class)) {
+    let guilds_class = crate::protocol::intents::by_name(b"GUILD_CREATE");
+    if intents.is_some_and(|i| i.decide(guilds_class) == Some(false)) {
         return out;
     }
     out.push(Outgoing::Guilds(match intents {

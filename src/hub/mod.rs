@@ -355,8 +355,7 @@ impl ShardHub {
                 None => dispatch.clone(),
                 Some(intents) => {
                     let bot = *bot.get_or_insert_with(|| self.cache.borrow().bot_id());
-                    let class = dispatch.class(bot);
-                    if !intents.allows(class) {
+                    if !dispatch.allowed_by(intents, bot) {
                         // Nothing to replay to it either, once its writer has
                         // everything before: the replay floor does not stall
                         // behind events it never gets.
@@ -367,7 +366,7 @@ impl ShardHub {
                         }
                         return true;
                     }
-                    if class.guild_create {
+                    if dispatch.name_class().guild_create {
                         let view = intents.guild_view();
                         match cuts.iter().find(|(v, _)| *v == view) {
                             Some((_, cut)) => cut.clone(),
@@ -524,7 +523,7 @@ impl ShardHub {
             .since(start)
             .filter(|d| reaches(d))
             .map(|d| match view {
-                Some(view) if d.class(bot).guild_create => {
+                Some(view) if d.name_class().guild_create => {
                     crate::downstream::guild_view::guild_create_for(d, view, bot)
                 }
                 _ => d.clone(),

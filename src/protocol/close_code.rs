@@ -1,38 +1,8 @@
 //! Gateway close codes and what each one means for reconnecting.
 
-/// A close code Discord (or the proxy, towards its clients) uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum CloseCode {
-    /// Unknown error; resume.
-    UnknownError = 4000,
-    /// Unknown opcode; resume.
-    UnknownOpcode = 4001,
-    /// Payload could not be decoded or was too large; resume.
-    DecodeError = 4002,
-    /// Payload before Identify; resume.
-    NotAuthenticated = 4003,
-    /// Wrong token; fatal.
-    AuthenticationFailed = 4004,
-    /// Second Identify; resume.
-    AlreadyAuthenticated = 4005,
-    /// Resume with an invalid sequence; identify again.
-    InvalidSequence = 4007,
-    /// Too many payloads; resume.
-    RateLimited = 4008,
-    /// Session timed out; identify again.
-    SessionTimedOut = 4009,
-    /// Invalid shard; fatal.
-    InvalidShard = 4010,
-    /// Sharding required; fatal.
-    ShardingRequired = 4011,
-    /// Invalid API version; fatal.
-    InvalidApiVersion = 4012,
-    /// Invalid intents; fatal.
-    InvalidIntents = 4013,
-    /// Disallowed intents; fatal.
-    DisallowedIntents = 4014,
-}
+/// A close code Discord (or the proxy, towards its clients) uses: the
+/// field's own type, whose `can_reconnect` says which codes are fatal.
+pub use twilight_model::gateway::CloseCode;
 
 /// What a shard must do after its connection closed with a given code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,19 +15,16 @@ pub enum Reconnect {
     Fatal,
 }
 
-impl CloseCode {
-    /// The numeric code.
-    pub fn code(self) -> u16 {
-        self as u16
-    }
-
-    /// What to do when Discord closes with `code` (any code, known or not).
-    pub fn reconnect_for(code: u16) -> Reconnect {
-        match code {
-            1000 | 1001 | 4007 | 4009 => Reconnect::Identify,
-            4004 | 4010..=4014 => Reconnect::Fatal,
-            _ => Reconnect::Resume,
-        }
+/// What to do when Discord closes with `code` (any code, known or not):
+/// twilight's table says which codes are fatal; of the others, an invalid
+/// sequence, a timed-out session and a normal close (1000/1001, which end
+/// Discord's session) need a new Identify, and the rest resume.
+pub fn reconnect_for(code: u16) -> Reconnect {
+    match CloseCode::try_from(code) {
+        Ok(known) if !known.can_reconnect() => Reconnect::Fatal,
+        Ok(CloseCode::InvalidSequence | CloseCode::SessionTimedOut) => Reconnect::Identify,
+        _ if matches!(code, 1000 | 1001) => Reconnect::Identify,
+        _ => Reconnect::Resume,
     }
 }
 
@@ -68,14 +35,14 @@ mod tests {
     #[test]
     fn table_matches_discord() {
         for c in [4000, 4001, 4002, 4003, 4005, 4008, 1006, 1011, 4999] {
-            assert_eq!(CloseCode::reconnect_for(c), Reconnect::Resume, "{c}");
+            assert_eq!(reconnect_for(c), Reconnect::Resume, "{c}");
         }
         for c in [1000, 1001, 4007, 4009] {
-            assert_eq!(CloseCode::reconnect_for(c), Reconnect::Identify, "{c}");
+            assert_eq!(reconnect_for(c), Reconnect::Identify, "{c}");
         }
         for c in [4004, 4010, 4011, 4012, 4013, 4014] {
-            assert_eq!(CloseCode::reconnect_for(c), Reconnect::Fatal, "{c}");
+            assert_eq!(reconnect_for(c), Reconnect::Fatal, "{c}");
         }
-        assert_eq!(CloseCode::DisallowedIntents.code(), 4014);
+        assert_eq!(CloseCode::DisallowedIntents as u16, 4014);
     }
 }

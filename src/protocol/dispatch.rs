@@ -3,7 +3,7 @@
 //! client's own sequence can be spliced in without re-encoding.
 
 use super::{
-    intents::{self, Class, ClientIntents},
+    intents::{self, Class, ClientIntents, NameClass},
     scan::{self, ScanError},
 };
 use bytes::Bytes;
@@ -25,20 +25,23 @@ pub struct Dispatch {
     index: u64,
     /// The only client session that should see it (routed replies), if any.
     target: Option<u64>,
-    /// Its [`Class`], found the first time a filtering client asks
-    /// (`CLASS_UNKNOWN` until then): clients that filter nothing never pay for it.
-    class: Cell<u64>,
+    /// What its name says of the intents it needs, found the first time
+    /// a filtering client asks (`None` until then): clients that filter
+    /// nothing never pay for it.
+    name_class: Cell<Option<NameClass>>,
+    /// The intents it needs once `d` was read (`CLASS_UNKNOWN` until a
+    /// client's intents made that necessary).
+    d_need: Cell<u64>,
 }
 
 const CLASS_UNKNOWN: u64 = u64::MAX;
-const CLASS_GUILD_CREATE: u64 = 1 << 62;
 
 impl Dispatch {
     /// Wraps an upstream payload whose `s` field is at `seq`.
     pub fn from_parts(raw: impl Into<Bytes>, seq: Range<usize>) -> Self {
         let raw = raw.into();
         debug_assert!(seq.end <= raw.len());
-        Self { raw, seq, index: UNINDEXED, target: None, class: Cell::new(CLASS_UNKNOWN) }
+        Self { raw, seq, index: UNINDEXED, target: None, name_class: Cell::new(None), d_need: Cell::new(CLASS_UNKNOWN) }
     }
 
     /// Scans a payload for its top-level `s`.
@@ -96,29 +99,42 @@ impl Dispatch {
         self.target.is_none_or(|t| t == session)
     }
 
-    /// Which intents it needs; `bot` is the bot's user id (some rules ask
-    /// whether an event concerns the bot). Scans the payload once, then remembers.
-    pub fn class(&self, bot: Option<u64>) -> Class {
-        let known = self.class.get();
-        if known != CLASS_UNKNOWN {
-            return Class { need: known & !CLASS_GUILD_CREATE, guild_create: known & CLASS_GUILD_CREATE != 0 };
+    /// What its event name says of the intents it needs (scanned once, then remembered).
+    pub fn name_class(&self) -> NameClass {
+        if let Some(known) = self.name_class.get() {
+            return known;
         }
-        let class = match scan::scan_relay(&self.raw) {
-            Ok(fields) => match fields.event_name(&self.raw) {
-                Some(t) if intents::decided_by_name(t) => intents::classify(t, None, bot),
-                Some(t) => intents::classify(t, fields.d.map(|r| &self.raw[r]), bot),
-                None => Class::ANY,
-            },
-            Err(_) => Class::ANY,
-        };
-        self.class.set(class.need | if class.guild_create { CLASS_GUILD_CREATE } else { 0 });
+        let t = scan::scan_relay(&self.raw).ok().and_then(|f| f.t).map(|r| &self.raw[r]);
+        let class = t.map_or(intents::by_name(b""), intents::by_name);
+        self.name_class.set(Some(class));
         class
+    }
+
+    /// Whether a client served `intents` receives it; `bot` is the bot's
+    /// user id (some rules ask whether an event concerns the bot). `d` is
+    /// read only when the name cannot decide for these intents, and then once.
+    pub fn allowed_by(&self, intents: ClientIntents, bot: Option<u64>) -> bool {
+        if let Some(decided) = intents.decide(self.name_class()) {
+            return decided;
+        }
+        let mut need = self.d_need.get();
+        if need == CLASS_UNKNOWN {
+            need = match scan::scan_relay(&self.raw) {
+                Ok(f) => match f.event_name(&self.raw) {
+                    Some(t) => intents::classify(t, f.d.map(|r| &self.raw[r]), bot).need,
+                    None => 0,
+                },
+                Err(_) => 0,
+            };
+            self.d_need.set(need);
+        }
+        intents.allows(Class { need, guild_create: false })
     }
 
     /// Whether client session `session`, served with `intents` (`None`:
     /// everything), receives this dispatch.
     pub fn reaches(&self, session: u64, intents: Option<ClientIntents>, bot: Option<u64>) -> bool {
-        self.visible_to(session) && intents.is_none_or(|i| i.allows(self.class(bot)))
+        self.visible_to(session) && intents.is_none_or(|i| self.allowed_by(i, bot))
     }
 
     /// Where the sequence number sits in the payload.
@@ -182,9 +198,9 @@ mod tests {
         assert!(d.reaches(7, Some(guild_messages), None));
         assert!(!d.reaches(7, Some(dms), None));
         assert!(d.reaches(7, None, None));
-        assert_eq!(d.class(None).need, 1 << 9);
+        assert_eq!(d.d_need.get(), 1 << 9, "d was read once, for the client with one side");
         let create = Dispatch::build("GUILD_CREATE", b"{}");
-        assert!(create.class(None).guild_create && create.class(None).guild_create);
+        assert!(create.name_class().guild_create && create.name_class().guild_create);
         assert!(!create.for_session(1).reaches(2, None, None), "a routed reply reaches only its session");
     }
 

@@ -152,6 +152,47 @@ pub fn decided_by_name(t: &[u8]) -> bool {
     matches!(rule(t), Rule::Fixed(_))
 }
 
+/// What the name alone says of a dispatch: every client gets it, none
+/// without one of `need`, and whether `d` must be read to say more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameClass {
+    /// The union of the bits that may bring it (`0`: every client gets it).
+    pub need: u64,
+    /// Bits that bring it whatever `d` holds.
+    pub sure: u64,
+    /// Whether a client with some but not all of `need` (and none of
+    /// `sure`) must wait for `d` to be read.
+    pub depends_on_d: bool,
+    /// A GUILD_CREATE (see [`Class::guild_create`]).
+    pub guild_create: bool,
+}
+
+/// The class of dispatch `t` as far as its name tells.
+pub fn by_name(t: &[u8]) -> NameClass {
+    match rule(t) {
+        Rule::Fixed(c) => NameClass { need: c.need, sure: c.need, depends_on_d: false, guild_create: c.guild_create },
+        Rule::GuildOrDm(guild, dm) => NameClass { need: guild | dm, sure: 0, depends_on_d: true, guild_create: false },
+        Rule::ThreadMembers => {
+            NameClass { need: GUILDS | GUILD_MEMBERS, sure: GUILD_MEMBERS, depends_on_d: true, guild_create: false }
+        }
+    }
+}
+
+impl NameClass {
+    /// Whether a client served `bits` gets it: `Some` when the name
+    /// decides, `None` when `d` must be read ([`classify`]).
+    pub fn decide(self, bits: u64) -> Option<bool> {
+        let have = bits & self.need;
+        if self.need == 0 || have & self.sure != 0 || (self.depends_on_d && have == self.need) {
+            Some(true)
+        } else if have == 0 || !self.depends_on_d {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 /// Discord's names of the bits in `bits`, for logs and close reasons.
 pub fn names(bits: u64) -> String {
     let mut out: Vec<&str> = Intents::from_bits_truncate(bits)
@@ -221,6 +262,11 @@ impl ClientIntents {
     /// Whether a dispatch of class `class` reaches the client.
     pub fn allows(self, class: Class) -> bool {
         class.need == 0 || class.need & self.bits != 0
+    }
+
+    /// Like [`Self::allows`], on what the name alone tells.
+    pub fn decide(self, class: NameClass) -> Option<bool> {
+        class.decide(self.bits)
     }
 
     /// What the client is sent of a GUILD_CREATE.
@@ -300,6 +346,33 @@ mod tests {
         assert_eq!(c.guild_view(), GuildView { members: MembersView::BotOnly, presences: false, voice_states: false });
         let m = ClientIntents::for_client(GUILDS | GUILD_MEMBERS, proxy).unwrap();
         assert_eq!(m.guild_view().members, MembersView::BotAndVoice);
+    }
+
+    #[test]
+    fn the_name_decides_unless_the_client_has_only_one_side() {
+        let msg = by_name(b"MESSAGE_CREATE");
+        assert_eq!(msg.decide(GUILD_MESSAGES | DIRECT_MESSAGES), Some(true), "both sides: d not read");
+        assert_eq!(msg.decide(GUILDS), Some(false), "neither side");
+        assert_eq!(msg.decide(GUILD_MESSAGES), None, "one side: d decides");
+        let members = by_name(b"THREAD_MEMBERS_UPDATE");
+        assert_eq!(members.decide(GUILD_MEMBERS), Some(true));
+        assert_eq!(members.decide(GUILDS), None);
+        assert_eq!(members.decide(GUILD_MESSAGES), Some(false));
+        assert_eq!(by_name(b"PRESENCE_UPDATE").decide(GUILD_PRESENCES), Some(true));
+        assert_eq!(by_name(b"PRESENCE_UPDATE").decide(GUILDS), Some(false));
+        assert_eq!(by_name(b"INTERACTION_CREATE").decide(0), Some(true));
+        // Whatever `d` says, the lazy answer agrees with the full one.
+        let guild = br#"{"guild_id":"1"}"#.as_slice();
+        let dm = br#"{"channel_id":"1"}"#.as_slice();
+        for t in ["MESSAGE_CREATE", "TYPING_START", "MESSAGE_REACTION_ADD", "THREAD_MEMBERS_UPDATE", "GUILD_BAN_ADD"] {
+            for bits in [0, GUILDS, GUILD_MESSAGES, DIRECT_MESSAGES, GUILD_MEMBERS, GUILD_MESSAGE_TYPING, KNOWN] {
+                for d in [guild, dm] {
+                    let full = ClientIntents::from_bits(bits).allows(classify(t.as_bytes(), Some(d), Some(42)));
+                    let lazy = by_name(t.as_bytes()).decide(bits).unwrap_or(full);
+                    assert_eq!(lazy, full, "{t} {bits:#x} {}", String::from_utf8_lossy(d));
+                }
+            }
+        }
     }
 
     #[test]

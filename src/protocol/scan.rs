@@ -185,15 +185,19 @@ fn skip_ws(p: &[u8], mut i: usize) -> usize {
 }
 
 /// `p[i]` is the opening quote; returns the index after the closing quote.
+/// Jumps from quote or backslash to the next with memchr (SIMD): message
+/// contents are most of what a scan walks.
 fn skip_string(p: &[u8], i: usize) -> Result<usize, ScanError> {
     let mut j = i + 1;
     loop {
-        match p.get(j) {
-            Some(b'"') => return Ok(j + 1),
-            Some(b'\\') => j += 2,
-            Some(_) => j += 1,
-            None => return Err(ScanError { at: j.min(p.len()) }),
+        let Some(k) = p.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
+            return Err(ScanError { at: p.len() });
+        };
+        j += k;
+        if p[j] == b'"' {
+            return Ok(j + 1);
         }
+        j += 2;
     }
 }
 

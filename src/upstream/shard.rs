@@ -13,7 +13,7 @@ use crate::{
     cache::is_cache_event,
     hub::{routing::Route, ShardHub, ShardStatus, UpstreamCommand, UpstreamSession},
     protocol::{
-        close_code::{CloseCode, Reconnect},
+        close_code::{reconnect_for, Reconnect},
         dispatch::Dispatch,
         op, scan,
     },
@@ -541,7 +541,7 @@ fn reconnect_outcome(hub: &ShardHub) -> Outcome {
 }
 
 fn outcome_for_close(shard: u32, code: u16, has_session: bool) -> Outcome {
-    match CloseCode::reconnect_for(code) {
+    match reconnect_for(code) {
         Reconnect::Fatal => Outcome::Fatal(code),
         Reconnect::Identify => {
             log::info!("[shard {shard}] session ended by close code {code}; identifying again");

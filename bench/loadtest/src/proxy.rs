@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 /// Intents the proxy identifies with (`--proxy-intents`).
 static INTENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(513);
 
