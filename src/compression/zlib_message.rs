@@ -1,17 +1,25 @@
 //! Identify `compress: true`: every message is a complete zlib stream of its
-//! own (header, deflate data, Adler-32), in a binary frame.
+//! own (header, deflate data, Adler-32), in a binary frame. One whole buffer
+//! in, one whole stream out is what libdeflate is made for: at level 1 it
+//! gives the bytes flate2 gives at level 6 in half the time (bench/codecbench).
 
-use super::zlib_stream::deflate_parts;
-use flate2::{Compress, Compression, FlushCompress};
+use libdeflater::{CompressionLvl, Compressor};
 
-/// A reusable deflate context, reset for each message.
+/// Largest input buffer kept between messages; a snapshot's GUILD_CREATE
+/// does not pin its size for the connection's life.
+const KEEP: usize = 64 << 10;
+
+/// A libdeflate compressor and the buffer a message's parts are joined in.
 pub struct ZlibMessage {
-    compress: Compress,
+    compressor: Compressor,
+    joined: Vec<u8>,
 }
 
 impl Default for ZlibMessage {
     fn default() -> Self {
-        Self { compress: Compress::new(Compression::fast(), true) }
+        // Level 1: libdeflate's `fastest()` is level 0, which stores without compressing.
+        let level = CompressionLvl::new(1).expect("1 is a libdeflate level");
+        Self { compressor: Compressor::new(level), joined: Vec::new() }
     }
 }
 
@@ -24,8 +32,20 @@ impl std::fmt::Debug for ZlibMessage {
 impl ZlibMessage {
     /// Compresses one message made of `parts` as a whole zlib stream, appended to `out`.
     pub fn compress(&mut self, parts: &[&[u8]], out: &mut Vec<u8>) {
-        self.compress.reset();
-        deflate_parts(&mut self.compress, parts, FlushCompress::Finish, out);
+        self.joined.clear();
+        for p in parts {
+            self.joined.extend_from_slice(p);
+        }
+        let start = out.len();
+        out.resize(start + self.compressor.zlib_compress_bound(self.joined.len()), 0);
+        let written = self
+            .compressor
+            .zlib_compress(&self.joined, &mut out[start..])
+            .expect("the output holds libdeflate's bound for the input");
+        out.truncate(start + written);
+        if self.joined.capacity() > KEEP {
+            self.joined = Vec::new();
+        }
     }
 }
 
@@ -38,12 +58,16 @@ mod tests {
     fn every_message_is_a_whole_zlib_stream() {
         let mut z = ZlibMessage::default();
         let big = "z".repeat(70_000);
-        for msg in ["{\"op\":10}", big.as_str()] {
-            let mut out = Vec::new();
+        for msg in ["{\"op\":10}", big.as_str(), ""] {
+            let mut out = b"kept".to_vec();
             z.compress(&[b"{\"s\":", b"1}", msg.as_bytes()], &mut out);
+            assert_eq!(&out[..4], b"kept", "appended after what was there");
             let mut plain = Vec::new();
-            flate2::read::ZlibDecoder::new(&out[..]).read_to_end(&mut plain).unwrap();
+            flate2::read::ZlibDecoder::new(&out[4..]).read_to_end(&mut plain).unwrap();
             assert_eq!(plain, [b"{\"s\":1}".as_slice(), msg.as_bytes()].concat());
+            if msg.len() > 1000 {
+                assert!(out.len() < 1000, "it compresses: {} bytes", out.len());
+            }
         }
     }
 }
