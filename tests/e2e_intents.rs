@@ -233,6 +233,20 @@ async fn each_twilight_client_gets_what_its_own_intents_bring() {
     assert_eq!(fake.identify_count(), 1, "clients with different intents share the one upstream session");
 }
 
+/// Waits until the proxy's `/metrics` reads `value` for `series`.
+async fn wait_metric(proxy: &Proxy, series: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = common::http_get(&proxy.addr, "/metrics").await;
+        let now = metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok());
+        if now == Some(value) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, not {value}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Identify on a raw connection with `intents`.
 async fn identify(c: &mut Client, token: &str, intents: Value) {
     let hello = c.payload().await;
@@ -276,6 +290,8 @@ async fn a_resume_replays_only_what_the_client_would_have_been_sent() {
     // guild messages and markers, numbered on from its own sequence.
     inject_round(&fake, guild, 2);
     inject_round(&fake, guild, 3);
+    // Resume once the proxy holds all three markers (else some would come live, after RESUMED).
+    wait_metric(&proxy, "gateway_proxy_events_received_total{event=\"GUILD_ROLE_CREATE\",shard=\"0\"}", 3).await;
     let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
     assert_eq!(c.payload().await["op"], 10);
     c.resume(&token, &session, seq - 1).await;
@@ -373,4 +389,54 @@ async fn with_client_intents_off_every_client_gets_everything() {
     assert_eq!(ready["t"], "READY");
     let created = c.dispatch().await;
     assert!(created["d"]["members"].as_array().unwrap().len() > 1, "{created}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_message_content_a_client_gets_guild_messages_without_their_content() {
+    const MESSAGE_CONTENT: u64 = 1 << 15;
+    let (fake, proxy) = start(json!({"intents": PROXY | MESSAGE_CONTENT})).await;
+    let token = fake.token().to_owned();
+    let guild = fake.guild_ids_for_shard(0, 1)[0];
+    let channel = fake.first_channel_id(guild);
+    let bot = fake.bot_user_id();
+    let (mut without, ready) = identify_and_load(&proxy.url(), &token, GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES).await;
+    let session = ready["d"]["session_id"].as_str().unwrap().to_owned();
+    let (mut with, _) =
+        identify_and_load(&proxy.url(), &token, GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES | MESSAGE_CONTENT).await;
+
+    let mut plain = message(guild, channel, 1, "a secret");
+    plain["embeds"] = json!([{"title": "an embed"}]);
+    let mut mention = message(guild, channel, 2, "hey bot");
+    mention["mentions"] = json!([{"id": bot.to_string(), "username": "bot", "discriminator": "0", "avatar": null}]);
+    let mut dm = message(guild, channel, 3, "in a DM");
+    dm.as_object_mut().unwrap().remove("guild_id");
+    dm.as_object_mut().unwrap().remove("member");
+    for m in [plain, mention, dm] {
+        fake.inject(0, "MESSAGE_CREATE", m).unwrap();
+    }
+    let contents = |c: Vec<Value>| -> Vec<(String, usize)> {
+        c.iter()
+            .map(|d| (d["d"]["content"].as_str().unwrap().to_owned(), d["d"]["embeds"].as_array().unwrap().len()))
+            .collect()
+    };
+    let mut got_without = Vec::new();
+    let mut got_with = Vec::new();
+    for _ in 0..3 {
+        got_without.push(without.dispatch().await);
+        got_with.push(with.dispatch().await);
+    }
+    assert_eq!(
+        contents(got_without.clone()),
+        [("".into(), 0), ("hey bot".into(), 0), ("in a DM".into(), 0)],
+        "emptied, except a mention of the bot and a DM"
+    );
+    assert_eq!(contents(got_with), [("a secret".into(), 1), ("hey bot".into(), 0), ("in a DM".into(), 0)]);
+    // A RESUME from before the three replays them with the same cut.
+    let seq = got_without[0]["s"].as_u64().unwrap() - 1;
+    drop(without);
+    let mut again = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
+    assert_eq!(again.payload().await["op"], 10);
+    again.resume(&token, &session, seq).await;
+    let (replayed, _) = again.dispatches_until("RESUMED").await;
+    assert_eq!(contents(replayed), [("".into(), 0), ("hey bot".into(), 0), ("in a DM".into(), 0)]);
 }

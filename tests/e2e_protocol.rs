@@ -101,7 +101,7 @@ async fn heartbeats_are_acked_before_and_after_identify_and_client_reconnects_co
         assert_eq!(c.payload().await["op"], 10);
         c.send(json!({"op": 1, "d": null})).await;
         assert_eq!(c.payload().await["op"], 11, "ACK before Identify");
-        c.send(json!({"op": 2, "d": {"token": format!("Bot {}", fake.token()), "intents": 1, "shard": [0, 1], "properties": {}}})).await;
+        c.send(json!({"op": 2, "d": {"token": format!("Bot {}", fake.token()), "intents": 513, "shard": [0, 1], "properties": {}}})).await;
         let ready = c.dispatch().await;
         assert_eq!(ready["t"], "READY");
         c.send(json!({"op": 1, "d": 1})).await;
@@ -123,7 +123,7 @@ async fn bad_clients_get_discords_close_codes_and_others_keep_running() {
     good.identify_and_load(&token, 0, 2).await;
 
     let too_large = "x".repeat(5000);
-    let identify = |token: &str, shard: Value| json!({"op": 2, "d": {"token": token, "intents": 1, "shard": shard, "properties": {}}});
+    let identify = |token: &str, shard: Value| json!({"op": 2, "d": {"token": token, "intents": 513, "shard": shard, "properties": {}}});
     let cases: Vec<(Vec<Value>, Option<&str>, u16)> = vec![
         (vec![identify("wrong", json!([0, 2]))], None, 4004),
         (vec![identify(&token, json!([0, 3]))], None, 4010),
@@ -256,7 +256,7 @@ async fn zlib_stream_clients_get_one_deflate_stream_with_sync_flushes() {
     let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json&compress=zlib-stream").await;
     let hello = c.payload().await;
     assert_eq!(hello["op"], 10, "Hello is compressed too");
-    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 1, "shard": [0, 1], "properties": {}}})).await;
+    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 513, "shard": [0, 1], "properties": {}}})).await;
     let ready = c.dispatch().await;
     assert_eq!(ready["t"], "READY");
     let guilds = ready["d"]["guilds"].as_array().unwrap().len();
@@ -319,7 +319,7 @@ async fn zstd_stream_clients_get_one_flushed_zstd_stream() {
     let (fake, proxy) = setup(1, 2, json!({})).await;
     let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json&compress=zstd-stream").await;
     assert_eq!(c.payload().await["op"], 10, "Hello is compressed too");
-    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 1, "shard": [0, 1], "properties": {}}})).await;
+    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 513, "shard": [0, 1], "properties": {}}})).await;
     let ready = c.dispatch().await;
     assert_eq!(ready["t"], "READY");
     for _ in 0..ready["d"]["guilds"].as_array().unwrap().len() {
@@ -333,7 +333,7 @@ async fn zstd_stream_clients_get_one_flushed_zstd_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_go_on_while_discord_never_pauses() {
     // Discord expects a heartbeat every 200 ms here and closes with 4009
-    // after 600 ms without one; the firehose (about 1 GB) keeps the proxy's
+    // after 600 ms without one; the firehose (about 2 GB) keeps the proxy's
     // socket full for much longer than that.
     let fake = fake_discord::FakeDiscord::start(fake_discord::FakeConfig {
         shards: 1,
@@ -347,7 +347,7 @@ async fn heartbeats_go_on_while_discord_never_pauses() {
     wait_connected(&fake, &proxy, 0..1).await;
     let mut c = Client::connect(&proxy.url(), "/?v=10&encoding=json").await;
     c.identify_and_load(fake.token(), 0, 1).await;
-    let spec = fake_discord::FirehoseSpec { count: 1_000_000, rate: None, mix: fake_discord::FirehoseMix::Messages };
+    let spec = fake_discord::FirehoseSpec { count: 2_000_000, rate: None, mix: fake_discord::FirehoseMix::Messages };
     let started = std::time::Instant::now();
     let stats = fake.firehose(0, spec).expect("shard 0 is connected").finished().await;
     let stats = stats.expect("the connection lasted the whole firehose: no 4009 for missed heartbeats");

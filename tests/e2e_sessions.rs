@@ -160,7 +160,7 @@ async fn refused_resumes_get_invalid_session_on_the_same_connection() {
         let p = c.payload().await;
         assert_eq!((p["op"].as_u64(), p["d"].as_bool()), (Some(9), Some(false)), "{what}: {p}");
         // The connection stays usable: Identify works on it.
-        c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 1, "shard": [0, 1], "properties": {}}})).await;
+        c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 513, "shard": [0, 1], "properties": {}}})).await;
         assert_eq!(c.dispatch().await["t"], "READY", "{what}");
     }
 }
@@ -358,7 +358,7 @@ async fn identify_compress_true_sends_whole_zlib_messages() {
     let mut c = client(&proxy).await;
     assert_eq!(c.payload().await["op"], 10);
     c.per_message_zlib = true;
-    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 1, "shard": [0, 1], "properties": {}, "compress": true}}))
+    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 513, "shard": [0, 1], "properties": {}, "compress": true}}))
         .await;
     assert_eq!(c.dispatch().await["t"], "READY");
     for _ in 0..2 {
@@ -381,7 +381,7 @@ async fn a_silent_client_is_asked_for_a_heartbeat_then_closed() {
     let mut c = client(&proxy).await;
     let hello = c.payload().await;
     assert_eq!(hello["d"]["heartbeat_interval"], 1000);
-    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 1, "shard": [0, 1], "properties": {}}})).await;
+    c.send(json!({"op": 2, "d": {"token": fake.token(), "intents": 513, "shard": [0, 1], "properties": {}}})).await;
     let mut asked = false;
     loop {
         match c.recv().await {

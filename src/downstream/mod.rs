@@ -2,8 +2,8 @@
 //! path of each dispatch from a shard's hub onto a client's socket.
 
 pub mod client;
+pub mod client_view;
 pub mod frames;
-pub mod guild_view;
 pub mod http;
 pub mod identify;
 pub mod listener;

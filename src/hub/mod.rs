@@ -8,6 +8,7 @@ pub mod routing;
 use crate::{
     cache::{GuildStatus, ShardCache},
     config::Config,
+    downstream::client_view,
     downstream::{
         outgoing::Outgoing,
         queue::{ClientQueue, PushError},
@@ -207,7 +208,8 @@ impl ShardHub {
         hub.replay.borrow_mut().restore(saved.replay_first, events);
         ledger.enforce();
         for s in saved.sessions {
-            let intents = s.intents.map(ClientIntents::from_bits);
+            // Served as the proxy's intents now allow (None: it asked for all of them).
+            let intents = s.intents.and_then(|bits| ClientIntents::for_client(bits, config.intents));
             hub.store_session(Rc::new(ClientSession::restored(s.num, s.id, saved.id, s.position, intents)));
         }
         *hub.routing.borrow_mut() = Routing::import(saved.routing);
@@ -346,7 +348,7 @@ impl ShardHub {
         let mut lagged = 0;
         let mut deepest = 0;
         let mut bot = None;
-        let mut cuts: Vec<(crate::protocol::intents::GuildView, Rc<Dispatch>)> = Vec::new();
+        let mut cuts: Vec<((crate::protocol::intents::GuildView, bool), Rc<Dispatch>)> = Vec::new();
         self.subscribers.borrow_mut().retain(|sub| {
             if !dispatch.visible_to(sub.session) {
                 return true;
@@ -366,18 +368,16 @@ impl ShardHub {
                         }
                         return true;
                     }
-                    if dispatch.name_class().guild_create {
-                        let view = intents.guild_view();
-                        match cuts.iter().find(|(v, _)| *v == view) {
+                    match client_view::view_key(&dispatch, intents) {
+                        None => dispatch.clone(),
+                        Some(key) => match cuts.iter().find(|(k, _)| *k == key) {
                             Some((_, cut)) => cut.clone(),
                             None => {
-                                let cut = crate::downstream::guild_view::guild_create_for(&dispatch, view, bot);
-                                cuts.push((view, cut.clone()));
+                                let cut = client_view::view_for(&dispatch, intents, bot);
+                                cuts.push((key, cut.clone()));
                                 cut
                             }
-                        }
-                    } else {
-                        dispatch.clone()
+                        },
                     }
                 }
             };
@@ -518,15 +518,12 @@ impl ShardHub {
         if start < replay.first_index() {
             return Err(ResumeError::TooOld);
         }
-        let view = session.intents.map(|i| i.guild_view());
         let mut out: Vec<Rc<Dispatch>> = replay
             .since(start)
             .filter(|d| reaches(d))
-            .map(|d| match view {
-                Some(view) if d.name_class().guild_create => {
-                    crate::downstream::guild_view::guild_create_for(d, view, bot)
-                }
-                _ => d.clone(),
+            .map(|d| match session.intents {
+                Some(intents) => client_view::view_for(d, intents, bot),
+                None => d.clone(),
             })
             .collect();
         drop(replay);

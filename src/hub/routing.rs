@@ -11,13 +11,14 @@
 //! - op 3 Presence Update: the last presence a client set, so a re-identify
 //!   upstream keeps it.
 
-use crate::cache::entities::{opt_snowflake, parse_object, snowflake, write_object, VoiceStateIds};
+use crate::cache::entities::{parse_object, snowflake, write_object, VoiceStateIds};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
+use twilight_model::gateway::payload::outgoing::UpdateVoiceState;
 
 /// How long a member request may wait for its chunks before its route is forgotten.
 const NONCE_TTL: Duration = Duration::from_secs(300);
@@ -72,14 +73,6 @@ pub enum Route {
     Broadcast,
     /// Only this session, with this `d` (rewritten when needed).
     Session(u64, Option<Box<str>>),
-}
-
-#[derive(Deserialize)]
-struct VoiceRequest {
-    #[serde(deserialize_with = "snowflake")]
-    guild_id: u64,
-    #[serde(default, deserialize_with = "opt_snowflake")]
-    channel_id: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -142,15 +135,15 @@ impl Routing {
     /// Handles a client's op 4: remembers who asked, and answers from the
     /// kept voice session when the bot is already in that channel.
     pub fn voice_request(&mut self, session: u64, payload: &[u8]) -> VoiceAnswer {
-        #[derive(Deserialize)]
-        struct P {
-            d: VoiceRequest,
-        }
-        let Ok(P { d: req }) = serde_json::from_slice::<P>(payload) else { return VoiceAnswer::Forward };
-        let voice = self.voice.entry(req.guild_id).or_default();
+        // twilight-model's op 4 (Discord requires every field it has).
+        let Ok(UpdateVoiceState { d: req, .. }) = serde_json::from_slice::<UpdateVoiceState>(payload) else {
+            return VoiceAnswer::Forward;
+        };
+        let channel_id = req.channel_id.map(|c| c.get());
+        let voice = self.voice.entry(req.guild_id.get()).or_default();
         voice.requester = Some(session);
         match (&voice.state, &voice.server) {
-            (Some(state), Some(server)) if req.channel_id.is_some() && voice.channel_id == req.channel_id => {
+            (Some(state), Some(server)) if channel_id.is_some() && voice.channel_id == channel_id => {
                 VoiceAnswer::FromCache(state.clone(), server.clone())
             }
             _ => VoiceAnswer::Forward,
@@ -262,7 +255,7 @@ mod tests {
             VoiceAnswer::FromCache(s, _) => assert!(s.contains("abc")),
             other => panic!("{other:?}"),
         }
-        let leave = br#"{"op":4,"d":{"guild_id":"5","channel_id":null}}"#;
+        let leave = br#"{"op":4,"d":{"guild_id":"5","channel_id":null,"self_mute":false,"self_deaf":false}}"#;
         assert_eq!(r.voice_request(2, leave), VoiceAnswer::Forward);
     }
 }

@@ -27,6 +27,7 @@ const GUILD_MESSAGE_TYPING: u64 = Intents::GUILD_MESSAGE_TYPING.bits();
 const DIRECT_MESSAGES: u64 = Intents::DIRECT_MESSAGES.bits();
 const DIRECT_MESSAGE_REACTIONS: u64 = Intents::DIRECT_MESSAGE_REACTIONS.bits();
 const DIRECT_MESSAGE_TYPING: u64 = Intents::DIRECT_MESSAGE_TYPING.bits();
+const MESSAGE_CONTENT: u64 = Intents::MESSAGE_CONTENT.bits();
 const GUILD_SCHEDULED_EVENTS: u64 = Intents::GUILD_SCHEDULED_EVENTS.bits();
 const AUTO_MODERATION_CONFIGURATION: u64 = Intents::AUTO_MODERATION_CONFIGURATION.bits();
 const AUTO_MODERATION_EXECUTION: u64 = Intents::AUTO_MODERATION_EXECUTION.bits();
@@ -165,17 +166,19 @@ pub struct NameClass {
     pub depends_on_d: bool,
     /// A GUILD_CREATE (see [`Class::guild_create`]).
     pub guild_create: bool,
+    /// A message whose content fields depend on MESSAGE_CONTENT.
+    pub message_content: bool,
 }
 
 /// The class of dispatch `t` as far as its name tells.
 pub fn by_name(t: &[u8]) -> NameClass {
-    match rule(t) {
-        Rule::Fixed(c) => NameClass { need: c.need, sure: c.need, depends_on_d: false, guild_create: c.guild_create },
-        Rule::GuildOrDm(guild, dm) => NameClass { need: guild | dm, sure: 0, depends_on_d: true, guild_create: false },
-        Rule::ThreadMembers => {
-            NameClass { need: GUILDS | GUILD_MEMBERS, sure: GUILD_MEMBERS, depends_on_d: true, guild_create: false }
-        }
-    }
+    let message_content = matches!(t, b"MESSAGE_CREATE" | b"MESSAGE_UPDATE");
+    let (need, sure, depends_on_d, guild_create) = match rule(t) {
+        Rule::Fixed(c) => (c.need, c.need, false, c.guild_create),
+        Rule::GuildOrDm(guild, dm) => (guild | dm, 0, true, false),
+        Rule::ThreadMembers => (GUILDS | GUILD_MEMBERS, GUILD_MEMBERS, true, false),
+    };
+    NameClass { need, sure, depends_on_d, guild_create, message_content }
 }
 
 impl NameClass {
@@ -191,6 +194,59 @@ impl NameClass {
             None
         }
     }
+}
+
+/// Fields of a message that Discord leaves empty for an app without
+/// MESSAGE_CONTENT, and what it sends instead.
+const CONTENT_FIELDS: [(&[u8], &[u8]); 4] =
+    [(b"content", b"\"\""), (b"embeds", b"[]"), (b"attachments", b"[]"), (b"components", b"[]")];
+
+/// A MESSAGE_CREATE/UPDATE `d` as an app without MESSAGE_CONTENT gets it:
+/// content, embeds, attachments and components empty and no poll, unless
+/// the message is a DM, the bot's own, or mentions the bot (Discord's
+/// exceptions). `None`: the message is sent as it is.
+pub fn strip_content(d: &[u8], bot: Option<u64>) -> Option<Vec<u8>> {
+    if scan::top_level_value(d, b"guild_id").is_none_or(|v| v == b"null") {
+        return None;
+    }
+    if let Some(bot) = bot {
+        let id = format!("\"id\":\"{bot}\"");
+        let has = |hay: &[u8]| hay.windows(id.len()).any(|w| w == id.as_bytes());
+        let author = scan::top_level_value(d, b"author").and_then(|a| scan::top_level_value(a, b"id"));
+        if author.is_some_and(|a| a == format!("\"{bot}\"").as_bytes())
+            || scan::top_level_value(d, b"mentions").is_some_and(has)
+        {
+            return None;
+        }
+    }
+    let members = crate::cache::compact::object_members(d)?;
+    if !members
+        .iter()
+        .any(|(k, v)| (*k == b"poll" && *v != b"null") || CONTENT_FIELDS.iter().any(|(f, empty)| k == f && v != empty))
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(d.len());
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in members {
+        if key == b"poll" {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\":");
+        match CONTENT_FIELDS.iter().find(|(f, _)| *f == key) {
+            Some((_, empty)) => out.extend_from_slice(empty),
+            None => out.extend_from_slice(value),
+        }
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 /// Discord's names of the bits in `bits`, for logs and close reasons.
@@ -239,6 +295,9 @@ impl GuildView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIntents {
     bits: u64,
+    /// The proxy receives message contents and this client did not ask:
+    /// its guild messages come with their content fields empty.
+    strip_content: bool,
 }
 
 impl ClientIntents {
@@ -246,12 +305,19 @@ impl ClientIntents {
     /// `proxy`; `None` when the client asked for everything the proxy has.
     pub fn for_client(asked: u64, proxy: u64) -> Option<Self> {
         let bits = asked & proxy;
-        (bits != proxy).then_some(Self { bits })
+        let strip_content = proxy & MESSAGE_CONTENT != 0 && bits & MESSAGE_CONTENT == 0;
+        (bits != proxy).then_some(Self { bits, strip_content })
     }
 
-    /// A filter with exactly `bits` (from the state file).
+    /// A filter with exactly `bits`, of a proxy that does not receive
+    /// message contents.
     pub fn from_bits(bits: u64) -> Self {
-        Self { bits }
+        Self { bits, strip_content: false }
+    }
+
+    /// Whether its guild messages come with empty content fields.
+    pub fn strips_content(self) -> bool {
+        self.strip_content
     }
 
     /// The intent bits served.
@@ -373,6 +439,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn without_message_content_guild_messages_lose_their_content() {
+        let msg = |extra: &str| {
+            format!(
+                r#"{{"id":"1","content":"secret","embeds":[{{"title":"e"}}],"attachments":[],"components":[],"author":{{"id":"7"}},"mentions":[]{extra},"poll":{{"question":{{}}}}}}"#
+            )
+        };
+        let cut: serde_json::Value =
+            serde_json::from_slice(&strip_content(msg(r#","guild_id":"9""#).as_bytes(), Some(42)).unwrap()).unwrap();
+        assert_eq!(cut["content"], "");
+        assert_eq!(cut["embeds"], serde_json::json!([]));
+        assert!(cut.get("poll").is_none());
+        assert_eq!(cut["author"]["id"], "7");
+        assert_eq!(cut["guild_id"], "9");
+        assert_eq!(strip_content(msg("").as_bytes(), Some(42)), None, "a DM keeps its content");
+        let mentioned = msg(r#","guild_id":"9""#).replace(r#""mentions":[]"#, r#""mentions":[{"id":"42"}]"#);
+        assert_eq!(strip_content(mentioned.as_bytes(), Some(42)), None, "a mention of the bot keeps it");
+        let own = msg(r#","guild_id":"9""#).replace(r#""author":{"id":"7"}"#, r#""author":{"id":"42"}"#);
+        assert_eq!(strip_content(own.as_bytes(), Some(42)), None, "the bot's own message keeps it");
+        let c = ClientIntents::for_client(GUILDS | GUILD_MESSAGES, GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT).unwrap();
+        assert!(c.strips_content());
+        let c = ClientIntents::for_client(GUILDS, GUILDS | GUILD_MESSAGES).unwrap();
+        assert!(!c.strips_content(), "a proxy without contents has nothing to strip");
     }
 
     #[test]

@@ -108,11 +108,6 @@ pub async fn run(hub: Rc<ShardHub>, shared: Arc<Shared>) {
 }
 
 #[derive(Deserialize)]
-struct Hello {
-    heartbeat_interval: u64,
-}
-
-#[derive(Deserialize)]
 struct ReadySession {
     session_id: String,
     resume_gateway_url: String,
@@ -514,7 +509,7 @@ async fn wait_hello(ws: &mut GatewaySocket) -> HelloResult {
     #[derive(Deserialize)]
     struct Payload {
         op: u8,
-        d: Option<Hello>,
+        d: Option<twilight_model::gateway::payload::incoming::Hello>,
     }
     loop {
         match ws.next().await {

@@ -1,14 +1,16 @@
-//! A live GUILD_CREATE (a guild joined or back from an outage) cut to what
-//! a client's intents bring: Discord lists members, presences and voice
-//! states by the receiver's GUILD_MEMBERS, GUILD_PRESENCES and
-//! GUILD_VOICE_STATES. Snapshots get the same cut from the cache
-//! ([`crate::cache::ShardCache::freeze_guilds_for`]).
+//! What a client is sent of a dispatch its intents let through, when that
+//! differs from what Discord sent the proxy: a live GUILD_CREATE (a guild
+//! joined or back from an outage) lists members, presences and voice
+//! states by the client's GUILD_MEMBERS, GUILD_PRESENCES and
+//! GUILD_VOICE_STATES (snapshots get the same cut from the cache,
+//! [`crate::cache::ShardCache::freeze_guilds_for`]); a guild message comes
+//! without its content for a client without MESSAGE_CONTENT.
 
 use crate::{
     cache::compact::{array_elements, object_members},
     protocol::{
         dispatch::Dispatch,
-        intents::{GuildView, MembersView},
+        intents::{self, ClientIntents, GuildView, MembersView},
         scan,
     },
 };
@@ -74,6 +76,52 @@ pub fn rewrite(d: &[u8], view: GuildView, bot: Option<u64>) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The dispatch a client served `intents` is sent for `dispatch` (which its
+/// intents let through): the same one, or a cut of it in its place.
+pub fn view_for(dispatch: &Rc<Dispatch>, intents: ClientIntents, bot: Option<u64>) -> Rc<Dispatch> {
+    let class = dispatch.name_class();
+    if class.guild_create {
+        guild_create_for(dispatch, intents.guild_view(), bot)
+    } else if class.message_content && intents.strips_content() {
+        message_for(dispatch, bot)
+    } else {
+        dispatch.clone()
+    }
+}
+
+/// Which cut [`view_for`] makes for `intents`: clients with the same key get the same dispatch.
+pub fn view_key(dispatch: &Dispatch, intents: ClientIntents) -> Option<(GuildView, bool)> {
+    let class = dispatch.name_class();
+    if class.guild_create {
+        let view = intents.guild_view();
+        (view != GuildView::FULL).then_some((view, false))
+    } else if class.message_content && intents.strips_content() {
+        Some((GuildView::FULL, true))
+    } else {
+        None
+    }
+}
+
+/// A MESSAGE_CREATE/UPDATE without its content fields (when Discord would
+/// empty them), in the place of the one Discord sent.
+fn message_for(dispatch: &Rc<Dispatch>, bot: Option<u64>) -> Rc<Dispatch> {
+    let raw = dispatch.raw();
+    let Some(fields) = scan::scan(raw).ok() else { return dispatch.clone() };
+    let (Some(t), Some(d)) = (fields.event_name(raw), fields.d.map(|r| &raw[r])) else { return dispatch.clone() };
+    let Some(new_d) = intents::strip_content(d, bot) else { return dispatch.clone() };
+    in_place_of(dispatch, Dispatch::build(&String::from_utf8_lossy(t), &new_d))
+}
+
+fn in_place_of(original: &Dispatch, mut cut: Dispatch) -> Rc<Dispatch> {
+    if let Some(index) = original.index() {
+        cut.set_index(index);
+    }
+    if let Some(target) = original.target() {
+        cut = cut.for_session(target);
+    }
+    Rc::new(cut)
+}
+
 /// The GUILD_CREATE dispatch a client of `view` is sent, in the place (replay
 /// index) of the one Discord sent.
 pub fn guild_create_for(dispatch: &Rc<Dispatch>, view: GuildView, bot: Option<u64>) -> Rc<Dispatch> {
@@ -83,14 +131,7 @@ pub fn guild_create_for(dispatch: &Rc<Dispatch>, view: GuildView, bot: Option<u6
     let raw = dispatch.raw();
     let Some(d) = scan::scan(raw).ok().and_then(|f| f.d).map(|r| &raw[r]) else { return dispatch.clone() };
     let Some(new_d) = rewrite(d, view, bot) else { return dispatch.clone() };
-    let mut cut = Dispatch::build("GUILD_CREATE", &new_d);
-    if let Some(index) = dispatch.index() {
-        cut.set_index(index);
-    }
-    if let Some(target) = dispatch.target() {
-        cut = cut.for_session(target);
-    }
-    Rc::new(cut)
+    in_place_of(dispatch, Dispatch::build("GUILD_CREATE", &new_d))
 }
 
 #[cfg(test)]
