@@ -133,6 +133,8 @@ async fn bad_clients_get_discords_close_codes_and_others_keep_running() {
         (vec![], Some("{not json"), 4002),
         (vec![json!({"op": 99, "d": null})], None, 4001),
         (vec![], Some(too_large.as_str()), 4002),
+        // A Resume without its seq (Discord requires token, session_id and seq).
+        (vec![json!({"op": 6, "d": {"token": token, "session_id": "0000000000000000000000000000000a"}})], None, 4002),
     ];
     for (payloads, raw, code) in cases {
         let mut c = client(&proxy).await;

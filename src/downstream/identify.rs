@@ -11,6 +11,7 @@ use crate::{
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use twilight_model::gateway::payload::outgoing::resume::ResumeInfo;
 
 /// What to do with one client payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,13 +57,6 @@ struct Payload<'a> {
     op: Option<i64>,
     #[serde(borrow, default)]
     d: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ResumeData {
-    token: Option<String>,
-    session_id: Option<String>,
-    seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -124,19 +118,15 @@ pub fn classify(text: &[u8], identified: bool, shared: &Shared) -> Action {
 }
 
 fn validate_resume(d: Option<&RawValue>, shared: &Shared) -> Action {
-    let Some(data) = d.and_then(|d| serde_json::from_str::<ResumeData>(d.get()).ok()) else {
-        return close(CloseCode::DecodeError, "decode error: invalid Resume payload");
-    };
-    let (Some(token), Some(session_id)) = (data.token, data.session_id) else {
-        return close(CloseCode::DecodeError, "decode error: Resume needs token and session_id");
+    // twilight-model's Resume: token, session_id and seq, all required as Discord documents.
+    let Some(ResumeInfo { token, session_id, seq }) = d.and_then(|d| serde_json::from_str(d.get()).ok()) else {
+        return close(CloseCode::DecodeError, "decode error: Resume needs token, session_id and seq");
     };
     if shared.config.validate_token && !token_matches(&token, &shared.config.token) {
         return Action::InvalidSession("wrong token".into());
     }
     match super::session::shard_of(&session_id) {
-        Some(shard) if shared.is_local(shard) => {
-            Action::Resume(ResumeRequest { session_id, seq: data.seq.unwrap_or(0), shard })
-        }
+        Some(shard) if shared.is_local(shard) => Action::Resume(ResumeRequest { session_id, seq, shard }),
         _ => Action::InvalidSession("unknown session".into()),
     }
 }

@@ -169,7 +169,12 @@ async fn connect_once(
         Some(s) => {
             log::info!("[shard {}] resuming session at seq {}", hub.id, s.seq);
             hub.metrics.resumes.inc();
-            serde_json::json!({"op": op::RESUME, "d": {"token": shared.config.token, "session_id": s.session_id, "seq": s.seq}})
+            let resume = twilight_model::gateway::payload::outgoing::Resume::new(
+                s.seq,
+                s.session_id.as_str(),
+                shared.config.token.as_str(),
+            );
+            serde_json::to_value(resume).expect("a Resume serialises")
         }
         None => {
             log::info!("[shard {}] identifying", hub.id);
@@ -688,10 +693,8 @@ fn relay(hub: &ShardHub, route: Route, name: Option<&str>, dispatch: Dispatch) {
 
 async fn send_heartbeat(hub: &ShardHub, ws: &mut GatewaySocket, limiter: &mut SendLimiter) -> Result<(), ()> {
     let seq = hub.session().map(|s| s.seq);
-    let payload = match seq {
-        Some(s) => format!("{{\"op\":1,\"d\":{s}}}"),
-        None => "{\"op\":1,\"d\":null}".to_owned(),
-    };
+    let heartbeat = twilight_model::gateway::payload::outgoing::Heartbeat::new(seq);
+    let payload = serde_json::to_string(&heartbeat).expect("a Heartbeat serialises");
     limiter.record(Instant::now());
     ws.send_text(&payload).await.map_err(|_| ())
 }
