@@ -377,6 +377,22 @@ pub fn object_members(j: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     }
 }
 
+/// Appends the JSON object made of raw `(key, value)` members: the inverse
+/// of [`object_members`], for rewriting a few members of a payload.
+pub fn write_members<'a>(members: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (n, (key, value)) in members.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
+}
+
 /// The elements of the JSON array `j`, as raw text.
 pub fn array_elements(j: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::new();

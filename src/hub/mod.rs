@@ -348,7 +348,7 @@ impl ShardHub {
         let mut lagged = 0;
         let mut deepest = 0;
         let mut bot = None;
-        let mut cuts: Vec<((crate::protocol::intents::GuildView, bool), Rc<Dispatch>)> = Vec::new();
+        let mut cuts: Vec<(client_view::Cut, Rc<Dispatch>)> = Vec::new();
         self.subscribers.borrow_mut().retain(|sub| {
             if !dispatch.visible_to(sub.session) {
                 return true;
@@ -368,14 +368,14 @@ impl ShardHub {
                         }
                         return true;
                     }
-                    match client_view::view_key(&dispatch, intents) {
+                    match client_view::cut_for(&dispatch, intents) {
                         None => dispatch.clone(),
-                        Some(key) => match cuts.iter().find(|(k, _)| *k == key) {
-                            Some((_, cut)) => cut.clone(),
+                        Some(cut) => match cuts.iter().find(|(c, _)| *c == cut) {
+                            Some((_, done)) => done.clone(),
                             None => {
-                                let cut = client_view::view_for(&dispatch, intents, bot);
-                                cuts.push((key, cut.clone()));
-                                cut
+                                let done = client_view::apply(&dispatch, cut, bot);
+                                cuts.push((cut, done.clone()));
+                                done
                             }
                         },
                     }
