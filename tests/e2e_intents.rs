@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{fake, message, wait_connected, Client, Proxy, WAIT};
+use common::{fake, message, next_twilight_event as next_event, wait_connected, wait_metric, Client, Proxy};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use twilight_gateway::{ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _};
+use twilight_gateway::{ConfigBuilder, Event, Intents, Shard, ShardId};
 use twilight_model::gateway::payload::incoming::GuildCreate;
 
 const GUILDS: u64 = 1;
@@ -37,20 +37,6 @@ async fn start(extra: Value) -> (fake_discord::FakeDiscord, Proxy) {
     let proxy = Proxy::start(&fake, config).await;
     wait_connected(&fake, &proxy, 0..1).await;
     (fake, proxy)
-}
-
-async fn next_event(shard: &mut Shard) -> Event {
-    loop {
-        let item = tokio::time::timeout(WAIT, shard.next_event(EventTypeFlags::all()))
-            .await
-            .expect("an event in time")
-            .expect("the stream goes on");
-        match item {
-            Ok(Event::GatewayHeartbeatAck | Event::GatewayHello(_)) => {}
-            Ok(event) => return event,
-            Err(e) => panic!("twilight failed to receive: {e}"),
-        }
-    }
 }
 
 /// A twilight shard through the proxy asking for `intents`.
@@ -231,20 +217,6 @@ async fn each_twilight_client_gets_what_its_own_intents_bring() {
         assert_eq!(shard.session().map(|s| s.sequence()), Some(n));
     }
     assert_eq!(fake.identify_count(), 1, "clients with different intents share the one upstream session");
-}
-
-/// Waits until the proxy's `/metrics` reads `value` for `series`.
-async fn wait_metric(proxy: &Proxy, series: &str, value: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, metrics) = common::http_get(&proxy.addr, "/metrics").await;
-        let now = metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok());
-        if now == Some(value) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, not {value}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// Identify on a raw connection with `intents`.

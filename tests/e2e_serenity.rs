@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{fake, message, wait_connected, Client, Proxy, WAIT};
+use common::{fake, message, wait_connected, wait_metric, Client, Proxy, WAIT};
 use fake_discord::FakeDiscord;
 use serde_json::{json, Value};
 use serenity::{
@@ -200,20 +200,6 @@ async fn expect_message(bot: &mut Bot, guild: u64, channel: u64, content: &str) 
             assert_eq!(m.message.guild_id, Some(GuildId::new(guild)));
         }
         other => panic!("expected MESSAGE_CREATE {content:?}, got {}", kind(&other)),
-    }
-}
-
-/// Waits until the proxy's `/metrics` reads `value` for `series`.
-async fn wait_metric(proxy: &Proxy, series: &str, value: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, metrics) = common::http_get(&proxy.addr, "/metrics").await;
-        let now = metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok());
-        if now == Some(value) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, not {value}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

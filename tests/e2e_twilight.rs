@@ -2,25 +2,11 @@
 
 mod common;
 
-use common::{fake, message, wait_connected, Proxy, WAIT};
+use common::{fake, message, next_twilight_event as next_event, wait_connected, Proxy};
 use serde_json::json;
 use std::collections::BTreeSet;
-use twilight_gateway::{ConfigBuilder, Event, EventTypeFlags, Intents, Shard, ShardId, StreamExt as _};
+use twilight_gateway::{ConfigBuilder, Event, Intents, Shard, ShardId};
 use twilight_model::id::Id;
-
-async fn next_event(shard: &mut Shard) -> Event {
-    loop {
-        let item = tokio::time::timeout(WAIT, shard.next_event(EventTypeFlags::all()))
-            .await
-            .expect("an event in time")
-            .expect("the stream goes on");
-        match item {
-            Ok(Event::GatewayHeartbeatAck | Event::GatewayHello(_)) => {}
-            Ok(event) => return event,
-            Err(e) => panic!("twilight failed to receive: {e}"),
-        }
-    }
-}
 
 fn shard_through(proxy: &Proxy, token: &str, id: u32, total: u32) -> Shard {
     let config =

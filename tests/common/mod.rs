@@ -410,3 +410,34 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// The next event a twilight shard receives within WAIT, skipping Hello
+/// and heartbeat ACKs; a receive error fails the test.
+pub async fn next_twilight_event(shard: &mut twilight_gateway::Shard) -> twilight_gateway::Event {
+    use twilight_gateway::{Event, EventTypeFlags, StreamExt as _};
+    loop {
+        let item = tokio::time::timeout(WAIT, shard.next_event(EventTypeFlags::all()))
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on");
+        match item {
+            Ok(Event::GatewayHeartbeatAck | Event::GatewayHello(_)) => {}
+            Ok(event) => return event,
+            Err(e) => panic!("twilight failed to receive: {e}"),
+        }
+    }
+}
+
+/// Waits until the proxy's `/metrics` reads `value` for `series`.
+pub async fn wait_metric(proxy: &Proxy, series: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http_get(&proxy.addr, "/metrics").await;
+        let now = metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<u64>().ok());
+        if now == Some(value) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} is {now:?}, not {value}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
