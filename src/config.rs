@@ -33,6 +33,13 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// An environment variable the proxy reads (`SSL_CERT_FILE`) is not usable.
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -44,6 +51,7 @@ impl fmt::Display for ConfigError {
             }
             Self::Parse { key, message } => write!(f, "config key `{key}`: {message}"),
             Self::Invalid { key, message } => write!(f, "config key `{key}`: {message}"),
+            Self::Env { var, message } => write!(f, "environment variable {var}: {message}"),
         }
     }
 }
@@ -235,10 +243,17 @@ struct RawConfig {
     replay_buffer_bytes: usize,
     replay_memory: u64,
     max_sessions: usize,
+    max_connections: usize,
+    max_unidentified_connections: usize,
+    max_unidentified_per_address: usize,
+    handshake_timeout_secs: u64,
+    max_request_head_bytes: usize,
+    upstream_compression: String,
     compression: bool,
     client_intents: bool,
     strict_intents: bool,
     state_file: Option<std::path::PathBuf>,
+    tls_ca_file: Option<std::path::PathBuf>,
     identify_queue: Option<RawIdentifyQueue>,
     shards_per_instance: Option<u32>,
     instances: Option<Instances>,
@@ -274,10 +289,17 @@ impl Default for RawConfig {
             replay_buffer_bytes: 16 << 20,
             replay_memory: DEFAULT_REPLAY_MEMORY,
             max_sessions: 64,
+            max_connections: 5_000,
+            max_unidentified_connections: 2_000,
+            max_unidentified_per_address: 1_000,
+            handshake_timeout_secs: 10,
+            max_request_head_bytes: crate::downstream::http::MAX_HEAD,
+            upstream_compression: "none".into(),
             compression: true,
             client_intents: true,
             strict_intents: false,
             state_file: None,
+            tls_ca_file: None,
             identify_queue: None,
             shards_per_instance: None,
             instances: None,
@@ -341,6 +363,18 @@ pub struct Config {
     pub replay_memory: usize,
     /// Client sessions kept per shard; beyond it the longest-disconnected is dropped.
     pub max_sessions: usize,
+    /// Open client connections (websocket and plain HTTP); beyond it a new one is answered 503.
+    pub max_connections: usize,
+    /// Connections that have not identified (or resumed) yet; beyond it a new one is answered 503.
+    pub max_unidentified_connections: usize,
+    /// Connections from one remote address that have not identified yet; beyond it a new one is answered 429.
+    pub max_unidentified_per_address: usize,
+    /// Seconds a connection has to send its HTTP request head (the websocket handshake); then 408.
+    pub handshake_timeout_secs: u64,
+    /// Largest HTTP request head accepted from a client, in bytes; beyond it 431.
+    pub max_request_head_bytes: usize,
+    /// Transport compression asked of Discord on every shard connection.
+    pub upstream_compression: crate::upstream::transport::Compression,
     /// Whether transport compression is offered to clients (false: plain JSON whatever they ask).
     pub compression: bool,
     /// Whether each client gets only the dispatches its Identify's intents
@@ -351,6 +385,12 @@ pub struct Config {
     pub strict_intents: bool,
     /// Where state is written at shutdown and read at start, for restarts without re-identifying.
     pub state_file: Option<std::path::PathBuf>,
+    /// A PEM file of root certificates trusted for Discord's TLS (REST and
+    /// gateway) on top of webpki-roots, e.g. a TLS-inspecting egress proxy's CA.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// The roots read from `tls_ca_file`, and from `SSL_CERT_FILE` when
+    /// loaded with [`Config::load`].
+    pub tls_roots: crate::upstream::tls::ExtraRoots,
     /// Who paces IDENTIFYs: this process, or a coordinator shared by every proxy of the bot.
     pub identify_queue: IdentifyQueueConfig,
     /// Shards per instance: with it, an instance runs `[ordinal × n, (ordinal + 1) × n)`,
@@ -378,10 +418,35 @@ impl Config {
 }
 
 impl Config {
-    /// Loads and validates a config file; `TOKEN` in the environment overrides `token`.
+    /// Loads and validates a config file; `TOKEN` in the environment
+    /// overrides `token`. The roots of `tls_ca_file` and of the file named
+    /// by `SSL_CERT_FILE` are added to webpki-roots for every TLS
+    /// connection to Discord; they are read again on each load but taken
+    /// in by the first only (a change is warned about: it needs a restart).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.display().to_string(), e))?;
-        Self::from_json(&text, std::env::var("TOKEN").ok())
+        let mut config = Self::from_json(&text, std::env::var("TOKEN").ok())?;
+        config.add_env_roots(std::env::var_os(crate::upstream::tls::SSL_CERT_FILE))?;
+        if let Err(roots) = crate::upstream::tls::trust_extra_roots(config.tls_roots.clone()) {
+            if crate::upstream::tls::extra_roots() != Some(&roots) {
+                log::warn!("`tls_ca_file` or SSL_CERT_FILE changed: the new roots are trusted after a restart");
+            }
+        }
+        Ok(config)
+    }
+
+    /// Adds the roots of `SSL_CERT_FILE` (its value given; unset or empty:
+    /// nothing). A system bundle may hold certificates webpki cannot use:
+    /// those are skipped, but an unreadable file or one without any usable
+    /// certificate is an error.
+    pub fn add_env_roots(&mut self, ssl_cert_file: Option<std::ffi::OsString>) -> Result<(), ConfigError> {
+        let Some(path) = ssl_cert_file.filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        self.tls_roots
+            .add_pem_file(Path::new(&path), false)
+            .map(|_| ())
+            .map_err(|e| ConfigError::Env { var: crate::upstream::tls::SSL_CERT_FILE, message: e.to_string() })
     }
 
     /// Parses and validates config text; `env_token` overrides the file's token.
@@ -440,6 +505,31 @@ impl Config {
                 "must be at least 1048576 bytes (1 MiB); set `replay_buffer` to 0 to turn client resume off",
             ));
         }
+        for (key, value) in [
+            ("max_connections", raw.max_connections),
+            ("max_unidentified_connections", raw.max_unidentified_connections),
+            ("max_unidentified_per_address", raw.max_unidentified_per_address),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if raw.handshake_timeout_secs == 0 {
+            return Err(invalid("handshake_timeout_secs", "must be at least 1"));
+        }
+        if raw.max_request_head_bytes < 1024 {
+            return Err(invalid(
+                "max_request_head_bytes",
+                "must be at least 1024: a websocket upgrade request alone is a few hundred bytes",
+            ));
+        }
+        let Some(upstream_compression) = crate::upstream::transport::Compression::parse(&raw.upstream_compression)
+        else {
+            return Err(invalid(
+                "upstream_compression",
+                format!("`{}` is not one of none, zlib-stream, zstd-stream", raw.upstream_compression),
+            ));
+        };
         if raw.identify_timeout_secs == 0 {
             return Err(invalid("identify_timeout_secs", "must be at least 1"));
         }
@@ -455,6 +545,10 @@ impl Config {
             check_url("externally_accessible_url", u, &["ws", "wss"])?;
         }
         let identify_queue = raw.identify_queue.map(RawIdentifyQueue::validate).transpose()?.unwrap_or_default();
+        let mut tls_roots = crate::upstream::tls::ExtraRoots::default();
+        if let Some(path) = &raw.tls_ca_file {
+            tls_roots.add_pem_file(path, true).map_err(|e| invalid("tls_ca_file", e.to_string()))?;
+        }
         if raw.shards_per_instance == Some(0) {
             return Err(invalid("shards_per_instance", "must be at least 1"));
         }
@@ -507,10 +601,18 @@ impl Config {
             replay_buffer_bytes: raw.replay_buffer_bytes,
             replay_memory: usize::try_from(raw.replay_memory).unwrap_or(usize::MAX),
             max_sessions: raw.max_sessions,
+            max_connections: raw.max_connections,
+            max_unidentified_connections: raw.max_unidentified_connections,
+            max_unidentified_per_address: raw.max_unidentified_per_address,
+            handshake_timeout_secs: raw.handshake_timeout_secs,
+            max_request_head_bytes: raw.max_request_head_bytes,
+            upstream_compression,
             compression: raw.compression,
             client_intents: raw.client_intents,
             strict_intents: raw.strict_intents,
             state_file: raw.state_file,
+            tls_ca_file: raw.tls_ca_file,
+            tls_roots,
             identify_queue,
             shards_per_instance: raw.shards_per_instance,
             instances: raw.instances,
@@ -639,6 +741,40 @@ mod tests {
         let bad =
             Config::from_json(r#"{"token":"t","intents":1,"backpressure":500,"replay_buffer":100}"#, None).unwrap();
         assert!(bad.warnings()[0].contains("`replay_buffer`"));
+    }
+
+    #[test]
+    fn tls_roots_from_the_config_key_and_ssl_cert_file() {
+        let dir = std::env::temp_dir().join(format!("gateway-proxy-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let with = |path: &Path| {
+            Config::from_json(
+                &format!(r#"{{"token":"t","intents":1,"tls_ca_file":{:?}}}"#, path.to_str().unwrap()),
+                None,
+            )
+        };
+        let mut c = with(&good).unwrap();
+        assert_eq!(c.tls_ca_file.as_deref(), Some(good.as_path()));
+        assert_eq!(c.tls_roots.len(), 1);
+        c.add_env_roots(Some(good.clone().into())).unwrap();
+        assert_eq!(c.tls_roots.len(), 2, "SSL_CERT_FILE adds to tls_ca_file");
+        c.add_env_roots(Some("".into())).unwrap();
+        assert_eq!(c.tls_roots.len(), 2, "an empty SSL_CERT_FILE is unset");
+        let e = with(&empty).unwrap_err().to_string();
+        assert!(e.contains("`tls_ca_file`") && e.contains("has no certificate"), "{e}");
+        let e = with(&dir.join("missing.pem")).unwrap_err().to_string();
+        assert!(e.contains("`tls_ca_file`") && e.contains("cannot read"), "{e}");
+        let e = c.add_env_roots(Some(empty.clone().into())).unwrap_err().to_string();
+        assert!(e.starts_with("environment variable SSL_CERT_FILE: ") && e.contains("has no certificate"), "{e}");
+        assert!(Config::from_json(r#"{"token":"t","intents":1}"#, None).unwrap().tls_roots.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use gateway_proxy::{
     config::Config,
+    downstream::admission::{Admission, Limits},
     preflight,
     runtime::{self, lifecycle::Signals, Shared},
     state_file::{self, SavedShard},
@@ -115,6 +116,23 @@ fn run() -> Result<(), String> {
     let (saved_tx, saved_rx) = crossbeam_channel::unbounded();
     let state_path = config.state_file.clone();
     let token = config.token.clone();
+    let admission = Admission::new(Limits {
+        connections: config.max_connections,
+        unidentified: config.max_unidentified_connections,
+        unidentified_per_address: config.max_unidentified_per_address,
+    });
+    if let Some(open_files) = preflight::raise_open_files() {
+        // Shard sockets, listeners, io_uring and files take a few hundred more.
+        let wanted = config.max_connections as u64 * 2 + 256;
+        if open_files < wanted {
+            log::warn!(
+                "the open-file limit is {open_files}: fewer than `max_connections` ({}) clients can be served \
+                 (each takes two descriptors); raise it (`ulimit -n`, Docker `--ulimit nofile`, systemd \
+                 `LimitNOFILE`) or lower `max_connections`",
+                config.max_connections
+            );
+        }
+    }
     let shared = Arc::new(Shared {
         identify_queue: IdentifyQueue::start(
             &config.identify_queue,
@@ -134,6 +152,7 @@ fn run() -> Result<(), String> {
         signals,
         restore: Mutex::new(restore),
         saved: saved_tx,
+        admission,
     });
     log::info!("listening on http://{addr} (clients connect to ws://{addr}, resume at {})", shared.client_resume_url);
     runtime::run(shared, listeners)?;

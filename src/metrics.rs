@@ -27,6 +27,7 @@ pub struct Metrics {
     queue_high_water: IntGaugeVec,
     clients_lagged: IntCounterVec,
     upstream_bytes: IntCounterVec,
+    upstream_compressed_bytes: IntCounterVec,
     client_bytes: IntCounterVec,
     client_payload_bytes: IntCounterVec,
     cache_entities: IntGaugeVec,
@@ -34,6 +35,8 @@ pub struct Metrics {
     replay_bytes: IntGaugeVec,
     replay_evicted: IntCounterVec,
     cache_bytes: IntGaugeVec,
+    refused_connections: IntCounterVec,
+    client_connections: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -93,6 +96,12 @@ pub fn global() -> &'static Metrics {
                 "Payload bytes received from Discord",
                 &["shard"],
             ),
+            upstream_compressed_bytes: counter(
+                &r,
+                "upstream_compressed_bytes_total",
+                "Bytes of compressed messages received from Discord (upstream_compression; ratio: this/received)",
+                &["shard"],
+            ),
             client_bytes: counter(
                 &r,
                 "client_sent_bytes_total",
@@ -115,12 +124,35 @@ pub fn global() -> &'static Metrics {
                 &["shard"],
             ),
             cache_bytes: gauge(&r, "cache_bytes", "Heap bytes of the shard's guild cache (compact form)", &["shard"]),
+            refused_connections: counter(
+                &r,
+                "client_connections_refused_total",
+                "Client connections refused at accept, by the limit they would cross",
+                &["limit"],
+            ),
+            client_connections: gauge(
+                &r,
+                "client_connections",
+                "Open client connections, and of them those not identified yet",
+                &["state"],
+            ),
             registry: r,
         }
     })
 }
 
 impl Metrics {
+    /// Counts a connection refused for crossing the limit named `limit` (its config key).
+    pub fn refused_connection(&self, limit: &str) {
+        self.refused_connections.with_label_values(&[limit]).inc();
+    }
+
+    /// Sets the open and not-yet-identified client connection gauges.
+    pub fn set_client_connections(&self, open: usize, unidentified: usize) {
+        self.client_connections.with_label_values(&["open"]).set(open as i64);
+        self.client_connections.with_label_values(&["unidentified"]).set(unidentified as i64);
+    }
+
     /// The `shard_status` value of a shard.
     pub fn shard_status_of(&self, shard: u32) -> i64 {
         self.shard_status.with_label_values(&[shard.to_string().as_str()]).get()
@@ -159,6 +191,8 @@ pub struct ShardMetrics {
     pub clients_lagged: IntCounter,
     /// Bytes from Discord.
     pub upstream_bytes: IntCounter,
+    /// Compressed bytes from Discord (transport compression).
+    pub upstream_compressed_bytes: IntCounter,
     /// Bytes to clients.
     pub client_bytes: IntCounter,
     /// Payload bytes to clients before compression.
@@ -211,6 +245,7 @@ impl ShardMetrics {
             queue_high_water: m.queue_high_water.with_label_values(&l),
             clients_lagged: m.clients_lagged.with_label_values(&l),
             upstream_bytes: m.upstream_bytes.with_label_values(&l),
+            upstream_compressed_bytes: m.upstream_compressed_bytes.with_label_values(&l),
             client_bytes: m.client_bytes.with_label_values(&l),
             client_payload_bytes: m.client_payload_bytes.with_label_values(&l),
             replay_events: m.replay_events.with_label_values(&l),

@@ -77,3 +77,22 @@ fn ensure_memlock() -> Result<(), PreflightError> {
     }
     Err(PreflightError::MemLock { soft: lim.rlim_cur, hard: lim.rlim_max })
 }
+
+/// Raises the soft limit on open files to the hard limit (systemd and many
+/// shells start services at 1024, too few for hundreds of shards and their
+/// clients), and returns the limit now in force, when it can be read.
+pub fn raise_open_files() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(lim.rlim_max);
+        }
+    }
+    Some(lim.rlim_cur)
+}

@@ -120,13 +120,27 @@ pub fn load(path: &Path, token: &str, total_shards: u32) -> Option<SavedState> {
         }
     };
     let _ = std::fs::rename(path, path.with_extension("used"));
-    let state: SavedState = match serde_json::from_slice(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("state file {}: torn or invalid ({e}); starting fresh", path.display());
-            return None;
+    match parse(&text, token, total_shards) {
+        Ok((state, age)) => {
+            log::info!(
+                "state file {}: {} shards restored ({}s old)",
+                path.display(),
+                state.shards.len(),
+                age.as_secs()
+            );
+            Some(state)
         }
-    };
+        Err(why) => {
+            log::warn!("state file {}: {why}; starting fresh", path.display());
+            None
+        }
+    }
+}
+
+/// The state in a state file's contents `text` and its age, or why it is
+/// not to be used (torn or invalid, another version, bot or shard count, too old).
+pub fn parse(text: &[u8], token: &str, total_shards: u32) -> Result<(SavedState, Duration), String> {
+    let state: SavedState = serde_json::from_slice(text).map_err(|e| format!("torn or invalid ({e})"))?;
     let age = Duration::from_millis(now_ms().saturating_sub(state.saved_at_ms));
     let problem = if state.version != VERSION {
         Some(format!("version {} is not {VERSION}", state.version))
@@ -137,14 +151,23 @@ pub fn load(path: &Path, token: &str, total_shards: u32) -> Option<SavedState> {
     } else if age > MAX_AGE {
         Some(format!("it is {}s old, Discord's sessions are gone", age.as_secs()))
     } else {
-        None
+        state
+            .shards
+            .iter()
+            .find(|s| !replay_is_sound(s))
+            .map(|s| format!("shard {}'s replay buffer is inconsistent", s.id))
     };
-    if let Some(p) = problem {
-        log::warn!("state file {}: ignored because {p}; starting fresh", path.display());
-        return None;
+    match problem {
+        Some(p) => Err(format!("ignored because {p}")),
+        None => Ok((state, age)),
     }
-    log::info!("state file {}: {} shards restored ({}s old)", path.display(), state.shards.len(), age.as_secs());
-    Some(state)
+}
+
+/// Whether `shard`'s replay buffer can be restored: each dispatch's `s`
+/// within its payload (it is spliced there for every client) and indexes
+/// far from overflowing (they count dispatches from 0).
+fn replay_is_sound(shard: &SavedShard) -> bool {
+    shard.replay_first < 1 << 62 && shard.replay.iter().all(|d| d.seq.0 <= d.seq.1 && d.seq.1 <= d.raw.len())
 }
 
 #[cfg(test)]
@@ -175,6 +198,21 @@ mod tests {
         assert!(load(&path, "tok", 8).is_none());
         std::fs::write(&path, b"{\"version\":1,\"saved_at").unwrap();
         assert!(load(&path, "tok", 4).is_none(), "torn file ignored");
+        // A replay buffer that would panic once restored: `s` beyond its
+        // payload or reversed, indexes about to overflow.
+        for (seq, first) in [((5, 99), 5), ((6, 5), 5), ((5, 6), u64::MAX)] {
+            let shard = SavedShard {
+                id: 0,
+                session: None,
+                cache: ShardCache::default(),
+                replay_first: first,
+                replay: vec![SavedDispatch { raw: "{\"s\":1}".into(), seq, target: None }],
+                sessions: vec![],
+                routing: SavedRouting::default(),
+            };
+            save(&path, vec![shard], "tok", 4).unwrap();
+            assert!(load(&path, "tok", 4).is_none(), "{seq:?} from {first}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

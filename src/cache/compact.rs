@@ -43,7 +43,8 @@ const T_TIME0: u8 = 10;
 const T_ARR: u8 = 11;
 /// An object of an interned shape: u16 shape id, then the values of its slots.
 const T_OBJ: u8 = 12;
-/// An object with its keys inline (when the shape table is full): pairs, then [`T_END`].
+/// An object with its keys inline (when the shape table is full): pairs
+/// (key length as [`put_key_len`] writes it, key, value), then [`T_END`].
 const T_IOBJ: u8 = 13;
 /// End of an array or inline object.
 const T_END: u8 = 15;
@@ -426,6 +427,18 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Writes the length of an inline object's key, as a varint that never
+/// starts with [`T_END`] (a 15-byte key would read as the object's end).
+fn put_key_len(out: &mut Vec<u8>, len: usize) {
+    put_varint(out, len as u64 + u64::from(len >= usize::from(T_END)));
+}
+
+/// Reads what [`put_key_len`] wrote.
+fn get_key_len(e: &[u8], p: &mut usize) -> usize {
+    let n = get_varint(e, p) as usize;
+    n - usize::from(n > usize::from(T_END))
+}
+
 fn get_varint(e: &[u8], p: &mut usize) -> u64 {
     let mut v = 0u64;
     let mut shift = 0;
@@ -693,7 +706,7 @@ impl<'a> Encoder<'a> {
     ) -> Option<()> {
         out.push(T_IOBJ);
         for (key, value) in members {
-            put_varint(out, key.len() as u64);
+            put_key_len(out, key.len());
             out.extend_from_slice(key);
             match value {
                 Value::Json(v) => {
@@ -902,7 +915,7 @@ impl<'a> Encoder<'a> {
             loop {
                 let key;
                 (key, i) = member_key(j, i)?;
-                put_varint(out, key.len() as u64);
+                put_key_len(out, key.len());
                 out.extend_from_slice(key);
                 let end = match constant_at(j, i) {
                     Some(len) => {
@@ -1100,7 +1113,7 @@ impl Shapes {
                         out.push(b',');
                     }
                     first = false;
-                    let n = get_varint(e, p) as usize;
+                    let n = get_key_len(e, p);
                     out.push(b'"');
                     out.extend_from_slice(&e[*p..*p + n]);
                     out.extend_from_slice(b"\":");
@@ -1148,7 +1161,7 @@ impl Shapes {
             }
             T_IOBJ => {
                 while e[*p] != T_END {
-                    *p += get_varint(e, p) as usize;
+                    *p += get_key_len(e, p);
                     self.skip(e, p);
                 }
                 *p += 1;
@@ -1182,7 +1195,7 @@ impl Shapes {
             (&T_IOBJ, _) => {
                 let mut p = 1;
                 while e[p] != T_END {
-                    let n = get_varint(e, &mut p) as usize;
+                    let n = get_key_len(e, &mut p);
                     let key = &e[p..p + n];
                     p += n;
                     let s = p;
@@ -1220,7 +1233,7 @@ impl Shapes {
             }
             T_IOBJ => {
                 while e[p] != T_END {
-                    let n = get_varint(e, &mut p) as usize;
+                    let n = get_key_len(e, &mut p);
                     let k = &e[p..p + n];
                     p += n;
                     let s = p;
@@ -1407,6 +1420,26 @@ mod tests {
         assert_eq!(out[0], T_IOBJ);
         assert_eq!(shapes.to_json(&out), json);
         assert_eq!(shapes.snowflake_at(&out, &[b"new", b"inner"]), Some(1234));
+    }
+
+    #[test]
+    fn inline_keys_of_every_length_round_trip() {
+        // A 15-byte key's length once read as the inline object's end.
+        let mut shapes = Shapes::default();
+        for len in 0..300 {
+            let key = "k".repeat(len);
+            let json = format!(r#"{{"\\":1,"{key}":"12345","z":null}}"#);
+            let mut out = Vec::new();
+            Encoder::new(&mut shapes).encode(json.as_bytes(), &mut out).unwrap();
+            assert_eq!(out[0], T_IOBJ);
+            assert_eq!(shapes.to_json(&out), json, "a {len}-byte key");
+            let mut p = 0;
+            shapes.skip(&out, &mut p);
+            assert_eq!(p, out.len(), "a {len}-byte key");
+            assert_eq!(shapes.snowflake_at(&out, &[key.as_bytes()]), Some(12345), "a {len}-byte key");
+            let merged = shapes.merge(&out, &[(b"z", Some(b"2"))], &[]).unwrap();
+            assert_eq!(shapes.to_json(&merged), json.replace("null", "2"), "a {len}-byte key");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! cross-core hop.
 
 use super::{
+    admission::Permit,
     frames::{Encoding, FrameReader, FrameWriter, Message, ReadError},
     http::{self, RequestHead},
     identify::{self, Action, ResumeRequest, ValidIdentify},
@@ -71,6 +72,8 @@ pub struct PendingConn {
     transport_compressed: bool,
     /// Payloads received while waiting for the shard's READY, handled once attached.
     held: Vec<Vec<u8>>,
+    /// Its place among the client connections, given back when it ends.
+    permit: Permit,
 }
 
 /// A connection moving to the core that owns its shard.
@@ -89,7 +92,14 @@ fn stream_of(fd: &OwnedFd) -> Option<TcpStream> {
 }
 
 /// Serves a connection whose request head asked for a websocket upgrade.
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, leftover: Vec<u8>, peer: String) {
+pub async fn serve(
+    core: Rc<Core>,
+    mut stream: TcpStream,
+    head: RequestHead,
+    leftover: Vec<u8>,
+    peer: String,
+    permit: Permit,
+) {
     let key = head.websocket_key.clone().unwrap_or_default();
     if stream.write_all(&http::upgrade_response(&key)).await.is_err() {
         return;
@@ -130,6 +140,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, head: RequestHead, lef
         input: leftover,
         transport_compressed,
         held: Vec::new(),
+        permit,
     };
     drive(core, conn, None).await;
 }
@@ -221,6 +232,7 @@ async fn pre_identify(core: &Core, conn: &mut PendingConn) -> Option<Intent> {
         });
         match outcome {
             Some(Ok(intent)) => {
+                conn.permit.identified();
                 if !out.is_empty() && stream.write_all(&out).await.is_err() {
                     return None;
                 }
@@ -408,7 +420,9 @@ async fn serve_session(
     for item in first {
         let _ = queue.push(item);
     }
-    let PendingConn { fd, peer, mut reader, frames, mut limiter, mut input, held, .. } = conn;
+    let PendingConn { fd, peer, mut reader, frames, mut limiter, mut input, held, permit, .. } = conn;
+    // Held until the reader stops: the connection counts until then.
+    let _permit = permit;
     let mut held = Some(held);
     // SAFETY: `fd` is open and owned; the read stream takes it over.
     let mut read_stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };

@@ -74,9 +74,13 @@ impl FrameWriter {
         self.bytes_out += (out.len() - before) as u64;
     }
 
-    /// Appends a close frame.
+    /// Appends a close frame (`reason` cut to the 123 bytes a close frame holds, on a character boundary).
     pub fn close(&mut self, code: u16, reason: &str, out: &mut Vec<u8>) {
-        let reason = &reason.as_bytes()[..reason.len().min(123)];
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = &reason.as_bytes()[..end];
         header(OpCode::Control(Control::Close), 2 + reason.len(), out);
         out.extend_from_slice(&code.to_be_bytes());
         out.extend_from_slice(reason);
@@ -91,6 +95,8 @@ fn header(opcode: OpCode, len: usize, out: &mut Vec<u8>) {
 /// Reads client frames from bytes the connection supplies.
 pub struct FrameReader {
     ctx: WebSocketContext,
+    /// Input a stopped [`Self::feed`] left unread, read first by the next.
+    held: Vec<u8>,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -155,18 +161,26 @@ impl FrameReader {
         // every connection that much resident memory.
         config.read_buffer_size = 4 << 10;
         config.write_buffer_size = 0;
-        Self { ctx: WebSocketContext::new(Role::Server, Some(config)) }
+        Self { ctx: WebSocketContext::new(Role::Server, Some(config)), held: Vec::new() }
     }
 
     /// Feeds bytes read from the socket. Complete text/binary messages go to
     /// `on_message`; bytes tungstenite wants sent (pongs, close replies) are
-    /// appended to `replies`.
+    /// appended to `replies`. When `on_message` returns false the feed stops
+    /// there, and the next one (even of no bytes) goes on with the rest.
     pub fn feed(
         &mut self,
         input: &[u8],
         replies: &mut Vec<u8>,
         mut on_message: impl FnMut(Message) -> bool,
     ) -> Result<(), ReadError> {
+        let joined;
+        let input = if self.held.is_empty() {
+            input
+        } else {
+            joined = [std::mem::take(&mut self.held).as_slice(), input].concat();
+            &joined
+        };
         let mut io = MemIo { input, output: replies };
         loop {
             match self.ctx.read(&mut io) {
@@ -180,6 +194,8 @@ impl FrameReader {
                         return Err(ReadError::TooLarge);
                     }
                     if !on_message(msg) {
+                        // What tungstenite has not read yet (beyond its 4 KiB reads).
+                        self.held = io.input.to_vec();
                         return Ok(());
                     }
                 }
@@ -201,5 +217,64 @@ impl FrameReader {
                 Err(e) => return Err(ReadError::Protocol(e.to_string())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client text frame.
+    fn client_frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x81];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_on_a_character_boundary() {
+        // The reason can echo what a client sent (`?v=é…`).
+        let reason = format!("invalid API version {}: use v=10", "é".repeat(80));
+        let mut out = Vec::new();
+        FrameWriter::new(Encoding::Json).close(4012, &reason, &mut out);
+        assert_eq!(out[1] as usize, out.len() - 2, "one frame, a 7-bit length");
+        assert_eq!(&out[2..4], &4012u16.to_be_bytes());
+        let sent = std::str::from_utf8(&out[4..]).expect("the reason stays UTF-8");
+        assert!(sent.len() <= 123 && reason.starts_with(sent), "{sent:?}");
+        assert_eq!(sent.len(), 122);
+    }
+
+    #[test]
+    fn a_stopped_feed_loses_nothing() {
+        // An Identify with 6 KB of commands pipelined behind it in one read:
+        // more than tungstenite reads at once.
+        let messages: Vec<Vec<u8>> = (0..4).map(|i| vec![b'a' + i; if i == 0 { 300 } else { 2000 }]).collect();
+        let input: Vec<u8> = messages.iter().flat_map(|m| client_frame(m)).collect();
+        let mut reader = FrameReader::new();
+        let mut got = Vec::new();
+        let mut replies = Vec::new();
+        reader
+            .feed(&input, &mut replies, |msg| {
+                got.push(msg.into_data().to_vec());
+                false
+            })
+            .unwrap();
+        assert_eq!(got.len(), 1, "stopped after the first message");
+        reader
+            .feed(&[], &mut replies, |msg| {
+                got.push(msg.into_data().to_vec());
+                true
+            })
+            .unwrap();
+        assert_eq!(got, messages);
     }
 }

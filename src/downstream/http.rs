@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-/// Largest request head accepted.
+/// Largest request head accepted unless `max_request_head_bytes` says otherwise.
 pub const MAX_HEAD: usize = 16 << 10;
 
 /// A parsed request head.

@@ -1,14 +1,17 @@
 //! The accept loop and the HTTP routing of the client port. Every core
 //! accepts on the same listening socket, so connections spread over cores.
 
-use super::{client, http};
+use super::{admission::Refusal, client, http};
 use crate::runtime::Core;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::{rc::Rc, time::Duration};
 
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a refused connection is given to send its request head before the
+/// refusal is written (answering before the request arrives makes the peer
+/// see a reset instead of the status); kept short, since a flood of refused
+/// connections must not hold descriptors for long.
+const REFUSED_HEAD_WAIT: Duration = Duration::from_secs(1);
 
 /// Accepts connections forever.
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
@@ -49,82 +52,214 @@ fn readiness(core: &Core) -> (bool, String) {
     (all, body.to_string())
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(http::RequestHead, usize), String> {
+/// Why no request head was read.
+enum HeadError {
+    /// Not HTTP (400).
+    Invalid(String),
+    /// Longer than `max_request_head_bytes` (431).
+    TooLarge(usize),
+    /// Not complete within the time allowed (408).
+    TimedOut(Duration),
+    /// The peer closed or the socket failed: nobody to answer.
+    Gone(String),
+}
+
+impl HeadError {
+    /// The answer to the peer, if it can still get one.
+    fn response(&self) -> Option<Vec<u8>> {
+        let plain = |status, reason, body: String| http::response(status, reason, "text/plain; charset=utf-8", &body);
+        match self {
+            Self::Invalid(e) => Some(plain(400, "Bad Request", format!("bad request: {e}\n"))),
+            Self::TooLarge(max) => Some(plain(
+                431,
+                "Request Header Fields Too Large",
+                format!("request head larger than {max} bytes (max_request_head_bytes)\n"),
+            )),
+            Self::TimedOut(t) => Some(plain(
+                408,
+                "Request Timeout",
+                format!("no complete request head within {}s (handshake_timeout_secs)\n", t.as_secs()),
+            )),
+            Self::Gone(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "bad request: {e}"),
+            Self::TooLarge(max) => write!(f, "request head larger than {max} bytes"),
+            Self::TimedOut(t) => write!(f, "no complete request head within {}s", t.as_secs()),
+            Self::Gone(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<(http::RequestHead, usize), HeadError> {
     let mut chunk = [0u8; 4096];
     loop {
         match http::parse_head(buf) {
-            http::Parsed::Complete(head, n) => return Ok((head, n)),
-            http::Parsed::Invalid(e) => return Err(format!("bad request: {e}")),
-            http::Parsed::Partial if buf.len() > http::MAX_HEAD => return Err("request head too large".into()),
+            http::Parsed::Complete(head, n) if n <= max => return Ok((head, n)),
+            http::Parsed::Complete(..) => return Err(HeadError::TooLarge(max)),
+            http::Parsed::Invalid(e) => return Err(HeadError::Invalid(e)),
+            http::Parsed::Partial if buf.len() > max => return Err(HeadError::TooLarge(max)),
             http::Parsed::Partial => {}
         }
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = stream.read(&mut chunk).await.map_err(|e| HeadError::Gone(e.to_string()))?;
         if n == 0 {
-            return Err("closed before the request head".into());
+            return Err(HeadError::Gone("closed before the request head".into()));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
+/// Reads a request head within `limit`.
+async fn read_head_within(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    limit: Duration,
+) -> Result<(http::RequestHead, usize), HeadError> {
+    futures_lite::future::or(read_head(stream, buf, max), async {
+        glommio::timer::sleep(limit).await;
+        Err(HeadError::TimedOut(limit))
+    })
+    .await
+}
+
+/// Writes a refusal and closes without losing it: the peer may still be
+/// sending (a 1 MiB head), and closing a socket with unread input sends a
+/// reset that can discard the answer before the peer reads it. So the write
+/// side is shut first and input drained for a moment (bounded in time and
+/// bytes) before the descriptor goes.
+async fn answer_and_close(mut stream: TcpStream, response: &[u8]) {
+    const DRAIN_TIME: Duration = Duration::from_secs(1);
+    const DRAIN_BYTES: usize = 4 << 20;
+    if stream.write_all(response).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let drain = async {
+        let mut sink = [0u8; 16 << 10];
+        let mut drained = 0;
+        while drained < DRAIN_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(DRAIN_TIME)).await;
+}
+
+/// Answers a websocket connection that would cross a limit, and closes it.
+async fn refuse(stream: TcpStream, peer: &str, refusal: Refusal) {
+    crate::metrics::global().refused_connection(refusal.label());
+    let (status, reason, body) = refusal.response();
+    log::warn!("{peer}: connection refused with {status}: {}", body.trim_end());
+    let mut response = http::response(status, reason, "text/plain; charset=utf-8", &body);
+    if status == 503 {
+        // Limits on totals clear as other connections identify or leave.
+        let at = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response has a head");
+        response.splice(at + 2..at + 2, b"Retry-After: 5\r\n".iter().copied());
+    }
+    answer_and_close(stream, &response).await;
+}
+
 async fn handle(core: Rc<Core>, mut stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let addr = stream.peer_addr().ok();
+    let peer = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+    let ip = addr.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let config = &core.shared.config;
+    // A connection over a limit still gets a moment to send its head: plain
+    // requests (`/health`, `/metrics`) are answered even while the limits
+    // hold gateway clients back, and a refusal written before the request
+    // arrives would reach the peer as a reset.
+    let admitted = core.shared.admission.admit(ip);
+    let limit = match admitted {
+        Ok(_) => Duration::from_secs(config.handshake_timeout_secs),
+        Err(_) => REFUSED_HEAD_WAIT.min(Duration::from_secs(config.handshake_timeout_secs)),
+    };
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
-    let head = futures_lite::future::or(read_head(&mut stream, &mut buf), async {
-        glommio::timer::sleep(HEAD_TIMEOUT).await;
-        Err("timed out waiting for the request head".into())
-    })
-    .await;
+    let head = read_head_within(&mut stream, &mut buf, config.max_request_head_bytes, limit).await;
+    let permit = match (admitted, &head) {
+        (Ok(permit), _) => permit,
+        (Err(refusal), Ok((head, _))) if !head.upgrade => {
+            log::debug!("{peer}: a plain request over the connection limits ({refusal:?}); answered all the same");
+            return serve_plain(&core, stream, head).await;
+        }
+        (Err(refusal), _) => return refuse(stream, &peer, refusal).await,
+    };
     let (head, head_len) = match head {
         Ok(h) => h,
         Err(e) => {
-            log::debug!("{peer}: {e}");
-            if e.starts_with("bad request") || e.contains("too large") {
-                let _ = stream.write_all(&http::response(400, "Bad Request", "text/plain", "bad request\n")).await;
+            match e.response() {
+                Some(response) => {
+                    log::info!("{peer}: {e}; answered {}", String::from_utf8_lossy(&response[9..12]));
+                    answer_and_close(stream, &response).await;
+                }
+                None => log::debug!("{peer}: {e}"),
             }
             return;
         }
     };
-    let reply = |status, reason, body: String| http::response(status, reason, "text/plain; charset=utf-8", &body);
-    let response = if head.upgrade {
-        match (&head.websocket_key, head.websocket_version.as_deref(), head.method.as_str()) {
-            (Some(_), Some("13"), "GET") => None,
-            _ => Some(reply(400, "Bad Request", "invalid websocket upgrade request\n".into())),
-        }
-    } else if head.method != "GET" && head.method != "HEAD" {
-        Some(reply(405, "Method Not Allowed", "method not allowed\n".into()))
-    } else {
-        match head.path.as_str() {
-            "/shard-count" => Some(reply(200, "OK", core.shared.total_shards.to_string())),
-            "/shard-map" => {
-                let map = core.shared.shard_map.to_json(&core.shared.client_resume_url);
-                Some(http::response(200, "OK", "application/json", &map.to_string()))
-            }
-            "/health" => Some(reply(200, "OK", "ok\n".into())),
-            "/metrics" => {
-                crate::runtime::sample_metrics(&core).await;
-                Some(http::response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &crate::metrics::render()))
-            }
-            "/ready" => {
-                let (ready, body) = readiness(&core);
-                Some(if ready {
-                    http::response(200, "OK", "application/json", &body)
-                } else {
-                    http::response(503, "Service Unavailable", "application/json", &body)
-                })
-            }
-            _ => Some(reply(
-                404,
-                "Not Found",
-                "not found: connect a Discord gateway client over websocket, or GET /shard-count\n".into(),
-            )),
-        }
-    };
-    if let Some(resp) = response {
-        let _ = stream.write_all(&resp).await;
+    if !head.upgrade {
+        // Answered at once: not a gateway connection, so not counted as one.
+        drop(permit);
+        return serve_plain(&core, stream, &head).await;
+    }
+    if !matches!(
+        (&head.websocket_key, head.websocket_version.as_deref(), head.method.as_str()),
+        (Some(_), Some("13"), "GET")
+    ) {
+        let response =
+            http::response(400, "Bad Request", "text/plain; charset=utf-8", "invalid websocket upgrade request\n");
+        let _ = stream.write_all(&response).await;
         let _ = stream.close().await;
         return;
     }
     let leftover = buf.split_off(head_len);
-    client::serve(core, stream, head, leftover, peer).await;
+    client::serve(core, stream, head, leftover, peer, permit).await;
+}
+
+/// Answers a plain HTTP request (the operator's endpoints) and closes.
+async fn serve_plain(core: &Core, mut stream: TcpStream, head: &http::RequestHead) {
+    let reply = |status, reason, body: String| http::response(status, reason, "text/plain; charset=utf-8", &body);
+    let response = if head.method != "GET" && head.method != "HEAD" {
+        reply(405, "Method Not Allowed", "method not allowed\n".into())
+    } else {
+        match head.path.as_str() {
+            "/shard-count" => reply(200, "OK", core.shared.total_shards.to_string()),
+            "/shard-map" => {
+                let map = core.shared.shard_map.to_json(&core.shared.client_resume_url);
+                http::response(200, "OK", "application/json", &map.to_string())
+            }
+            "/health" => reply(200, "OK", "ok\n".into()),
+            "/metrics" => {
+                crate::runtime::sample_metrics(core).await;
+                http::response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &crate::metrics::render())
+            }
+            "/ready" => {
+                let (ready, body) = readiness(core);
+                if ready {
+                    http::response(200, "OK", "application/json", &body)
+                } else {
+                    http::response(503, "Service Unavailable", "application/json", &body)
+                }
+            }
+            _ => reply(
+                404,
+                "Not Found",
+                "not found: connect a Discord gateway client over websocket, or GET /shard-count\n".into(),
+            ),
+        }
+    };
+    let _ = stream.write_all(&response).await;
+    let _ = stream.close().await;
 }

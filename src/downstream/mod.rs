@@ -1,6 +1,7 @@
 //! The client side: the port bots connect to, the gateway they see, and the
 //! path of each dispatch from a shard's hub onto a client's socket.
 
+pub mod admission;
 pub mod client;
 pub mod client_view;
 pub mod frames;

@@ -76,6 +76,8 @@ pub struct Shared {
     pub restore: std::sync::Mutex<HashMap<u32, SavedShard>>,
     /// Where cores hand their shards' state at shutdown.
     pub saved: crossbeam_channel::Sender<Vec<SavedShard>>,
+    /// Client connection counts against the configured limits.
+    pub admission: Arc<crate::downstream::admission::Admission>,
 }
 
 impl Shared {
@@ -313,6 +315,8 @@ async fn expire_sessions(core: Rc<Core>) {
 /// Refreshes the sampled gauges of every shard of the process, for a
 /// `/metrics` scrape: this core's directly, the others' through the mesh.
 pub async fn sample_metrics(core: &Core) {
+    let (open, unidentified) = core.shared.admission.counts();
+    crate::metrics::global().set_client_connections(open, unidentified);
     for hub in core.hubs.values() {
         hub.sample_metrics();
     }

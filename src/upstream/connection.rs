@@ -2,7 +2,7 @@
 //! executor), TCP on glommio's io_uring sockets, TLS with rustls when the
 //! URL is `wss`, and the websocket handshake (`websocket.rs`).
 
-use super::url::Endpoint;
+use super::{transport::Compression, url::Endpoint};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_rustls::{client::TlsStream, TlsConnector};
 use glommio::net::TcpStream;
@@ -74,11 +74,12 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
     .unwrap_or_else(|| Err(io::Error::other("DNS helper thread failed")))
 }
 
-/// Connects to `url` (a gateway URL; the query `v=10&encoding=json` is added).
-pub async fn connect(url: &str) -> io::Result<GatewaySocket> {
+/// Connects to `url` (a gateway URL; the query `v=10&encoding=json` is
+/// added, with `compress=` when `compression` asks for it).
+pub async fn connect(url: &str, compression: Compression) -> io::Result<GatewaySocket> {
     let endpoint = Endpoint::parse(url)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?
-        .with_query("v=10&encoding=json");
+        .with_query(compression.query());
     glommio::timer::timeout(CONNECT_TIMEOUT, async {
         let addr = resolve(&endpoint.host, endpoint.port).await?;
         let tcp = TcpStream::connect(addr).await?;
@@ -87,11 +88,12 @@ pub async fn connect(url: &str) -> io::Result<GatewaySocket> {
             let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             let connector = TlsConnector::from(Arc::new(super::tls::client_config()));
-            GatewayStream::Tls(Box::new(connector.connect(name, tcp).await?))
+            let tls = connector.connect(name, tcp).await.map_err(|e| super::tls::explain(&endpoint.host, e))?;
+            GatewayStream::Tls(Box::new(tls))
         } else {
             GatewayStream::Plain(tcp)
         };
-        Ok(GatewaySocket::handshake(stream, &endpoint.host_header(), &endpoint.path).await?)
+        Ok(GatewaySocket::handshake(stream, &endpoint.host_header(), &endpoint.path, compression).await?)
     })
     .await
     .map_err(|e| match e {

@@ -88,7 +88,8 @@ pub fn fetch_gateway_bot(api_url: &str, token: &str) -> Result<GatewayBot, Disco
         let conn = rustls::ClientConnection::new(Arc::new(crate::upstream::tls::client_config()), name)
             .map_err(|e| DiscoveryError::Io(std::io::Error::other(e)))?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        tls.write_all(request.as_bytes())?;
+        // The handshake runs inside the first write.
+        tls.write_all(request.as_bytes()).map_err(|e| super::tls::explain(&endpoint.host, e))?;
         read_to_end_lenient(&mut tls, &mut response)?;
     } else {
         let mut tcp = tcp;

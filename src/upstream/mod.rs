@@ -9,5 +9,6 @@ pub mod identify_queue;
 pub mod ratelimit;
 pub mod shard;
 pub mod tls;
+pub mod transport;
 pub mod url;
 pub mod websocket;

@@ -143,13 +143,14 @@ async fn connect_once(
     if hub.metrics.identifies.get() + hub.metrics.resumes.get() > 0 {
         hub.metrics.reconnects.inc();
     }
-    let mut ws = match connection::connect(&url).await {
+    let mut ws = match connection::connect(&url, shared.config.upstream_compression).await {
         Ok(ws) => ws,
         Err(e) => {
             log::warn!("[shard {}] cannot connect to {url}: {e}", hub.id);
             return Outcome::ConnectFailed;
         }
     };
+    ws.count_compressed_bytes(hub.metrics.upstream_compressed_bytes.clone());
     let hello = future::or(wait_hello(&mut ws), async {
         glommio::timer::sleep(HELLO_TIMEOUT).await;
         HelloResult::Failed
@@ -286,7 +287,7 @@ async fn connect_once(
                 log::warn!("[shard {}] Discord closed the connection with code {code}", hub.id);
                 return outcome_for_close(hub.id, code, hub.session().is_some());
             }
-            Wake::Message(Ok(Some(Incoming::Binary))) => {
+            Wake::Message(Ok(Some(Incoming::Binary(_)))) => {
                 log::warn!("[shard {}] unexpected binary frame from Discord ignored", hub.id);
             }
             Wake::Message(Err(e)) => {
@@ -526,7 +527,7 @@ async fn wait_hello(ws: &mut GatewaySocket) -> HelloResult {
                 Err(_) => return HelloResult::Failed,
             },
             Ok(Some(Incoming::Close(code, _))) => return HelloResult::Closed(code),
-            Ok(Some(Incoming::Binary)) => {}
+            Ok(Some(Incoming::Binary(_))) => {}
             _ => return HelloResult::Failed,
         }
     }

@@ -9,9 +9,12 @@
 //! fragmented, ping, pong, close), masked frames out.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use std::io;
+use std::{io, ops::Range};
 
-use super::connection::GatewayStream;
+use super::{
+    connection::GatewayStream,
+    transport::{Compression, Decoder},
+};
 
 /// Largest message accepted from Discord (a GUILD_CREATE of a very large
 /// guild is a few MiB).
@@ -39,8 +42,9 @@ const OP_PONG: u8 = 10;
 pub enum Incoming<'a> {
     /// A text message (valid UTF-8), borrowed until the next read.
     Text(&'a str),
-    /// A binary message (Discord sends none without compression).
-    Binary,
+    /// A binary message (Discord sends them only with transport
+    /// compression, which [`GatewaySocket::next`] decodes into text).
+    Binary(&'a [u8]),
     /// A close frame: its code (1005 when it had none) and reason.
     Close(u16, String),
 }
@@ -48,6 +52,22 @@ pub enum Incoming<'a> {
 /// An open gateway websocket.
 pub struct GatewaySocket {
     stream: GatewayStream,
+    frames: FrameBuffer,
+    out: Vec<u8>,
+    /// Transport compression's context, fresh for every connection.
+    decoder: Option<Decoder>,
+    /// The last decompressed message.
+    inflated: Vec<u8>,
+    /// Counts the bytes of compressed messages received, when set.
+    compressed_bytes: Option<prometheus::IntCounter>,
+}
+
+/// The reading side of a gateway websocket without its socket: the read
+/// buffer and the message being put together from fragments.
+/// [`GatewaySocket::next`] fills it from the stream; public so that frame
+/// parsing can be driven from plain bytes (the fuzz targets).
+#[doc(hidden)]
+pub struct FrameBuffer {
     /// Bytes read and not yet parsed are `buf[start..end]`.
     buf: Vec<u8>,
     start: usize,
@@ -59,7 +79,35 @@ pub struct GatewaySocket {
     fragmented: Option<u8>,
     /// The last message, when it had to be put together from fragments.
     assembled: Vec<u8>,
-    out: Vec<u8>,
+}
+
+/// What [`FrameBuffer::parse`] found at the start of the unparsed bytes.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The next frame is not all there: read until `buf[start..]` holds
+    /// this many bytes (0: its header is incomplete).
+    Need(usize),
+    /// A ping, its payload at this range of the buffer: answer with a pong.
+    Ping(Range<usize>),
+    /// A complete message: [`FrameBuffer::message`] reads it.
+    Message(Complete),
+}
+
+/// A complete message, as [`Step::Message`] gives it.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Complete {
+    /// A text frame, its payload at this range of the buffer.
+    Text(Range<usize>),
+    /// A text message put together from fragments.
+    Assembled,
+    /// A binary frame, its payload at this range of the buffer.
+    Binary(Range<usize>),
+    /// A binary message put together from fragments.
+    AssembledBinary,
+    /// A close frame, its payload at this range of the buffer.
+    Close(Range<usize>),
 }
 
 fn protocol_error(what: &str) -> io::Error {
@@ -118,8 +166,14 @@ fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 }
 
 impl GatewaySocket {
-    /// Performs the upgrade handshake for `path` (with its query) on `host_header`.
-    pub async fn handshake(mut stream: GatewayStream, host_header: &str, path: &str) -> io::Result<Self> {
+    /// Performs the upgrade handshake for `path` (with its query, which
+    /// asks for `compression`) on `host_header`.
+    pub async fn handshake(
+        mut stream: GatewayStream,
+        host_header: &str,
+        path: &str,
+        compression: Compression,
+    ) -> io::Result<Self> {
         let key = tungstenite::handshake::client::generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -164,15 +218,17 @@ impl GatewaySocket {
         }
         Ok(Self {
             stream,
-            buf,
-            start: head_len,
-            end,
-            small_reads: SMALL_READS,
-            fragments: Vec::new(),
-            fragmented: None,
-            assembled: Vec::new(),
+            frames: FrameBuffer::new(buf, head_len, end),
             out: Vec::with_capacity(512),
+            decoder: Decoder::new(compression)?,
+            inflated: Vec::new(),
+            compressed_bytes: None,
         })
+    }
+
+    /// Counts the bytes of compressed messages received into `counter`.
+    pub fn count_compressed_bytes(&mut self, counter: prometheus::IntCounter) {
+        self.compressed_bytes = Some(counter);
     }
 
     /// The next message. Cancel-safe: state changes only once a whole frame
@@ -180,94 +236,34 @@ impl GatewaySocket {
     /// connection ended without a close frame.
     pub async fn next(&mut self) -> io::Result<Option<Incoming<'_>>> {
         loop {
-            let Some((fin, opcode, len, header)) = parse_header(&self.buf[self.start..self.end])? else {
-                if !self.fill(0).await? {
-                    return Ok(None);
+            match self.frames.parse()? {
+                Step::Need(need) => {
+                    let n = self.stream.read(self.frames.read_space(need)).await?;
+                    if !self.frames.filled(n) {
+                        return Ok(None);
+                    }
                 }
-                continue;
-            };
-            if self.end - self.start < header + len {
-                if !self.fill(header + len).await? {
-                    return Ok(None);
-                }
-                continue;
-            }
-            let at = self.start + header;
-            self.start = at + len;
-            match opcode {
-                OP_PING => {
-                    let payload = self.buf[at..at + len].to_vec();
+                Step::Ping(payload) => {
+                    let payload = self.frames.payload(payload).to_vec();
                     self.send_frame(OP_PONG, &payload).await?;
                 }
-                OP_PONG => {}
-                OP_CLOSE => {
-                    let payload = &self.buf[at..at + len];
-                    let (code, reason) = match payload {
-                        [a, b, reason @ ..] => {
-                            (u16::from_be_bytes([*a, *b]), String::from_utf8_lossy(reason).into_owned())
-                        }
-                        _ => (1005, String::new()),
+                Step::Message(message @ (Complete::Binary(_) | Complete::AssembledBinary))
+                    if self.decoder.is_some() =>
+                {
+                    let Incoming::Binary(bytes) = self.frames.message(message)? else {
+                        unreachable!("a binary message reads as binary")
                     };
-                    return Ok(Some(Incoming::Close(code, reason)));
-                }
-                OP_TEXT | OP_BINARY if self.fragmented.is_some() => {
-                    return Err(protocol_error("a new message inside a fragmented one"));
-                }
-                OP_TEXT | OP_BINARY if !fin => {
-                    self.fragmented = Some(opcode);
-                    self.fragments.clear();
-                    self.fragments.extend_from_slice(&self.buf[at..at + len]);
-                }
-                OP_CONTINUATION => {
-                    let Some(first) = self.fragmented else {
-                        return Err(protocol_error("a continuation frame with nothing to continue"));
-                    };
-                    if self.fragments.len() + len > MAX_MESSAGE {
-                        return Err(protocol_error("a message is larger than 64 MiB"));
+                    if let Some(counter) = &self.compressed_bytes {
+                        counter.inc_by(bytes.len() as u64);
                     }
-                    self.fragments.extend_from_slice(&self.buf[at..at + len]);
-                    if fin {
-                        self.fragmented = None;
-                        self.assembled = std::mem::take(&mut self.fragments);
-                        return Ok(Some(if first == OP_TEXT {
-                            Incoming::Text(utf8(&self.assembled)?)
-                        } else {
-                            Incoming::Binary
-                        }));
+                    let decoder = self.decoder.as_mut().expect("checked above");
+                    if decoder.decode(bytes, &mut self.inflated)? {
+                        return Ok(Some(Incoming::Text(utf8(&self.inflated)?)));
                     }
                 }
-                OP_TEXT => return Ok(Some(Incoming::Text(utf8(&self.buf[at..at + len])?))),
-                OP_BINARY => return Ok(Some(Incoming::Binary)),
-                _ => return Err(protocol_error("unknown opcode")),
+                Step::Message(message) => return self.frames.message(message).map(Some),
             }
         }
-    }
-
-    /// Reads more, making room for a frame of `need` bytes; false at end of stream.
-    async fn fill(&mut self, need: usize) -> io::Result<bool> {
-        let pending = self.end - self.start;
-        if pending == 0 && self.buf.len() > READ_MIN && self.small_reads >= SMALL_READS {
-            // Reads have been small for a while: the burst (or a very large
-            // message) is over; give the memory back.
-            self.buf = vec![0; READ_MIN];
-            (self.start, self.end) = (0, 0);
-        }
-        if self.start > 0 && (pending == 0 || self.start + need.max(pending + 1) > self.buf.len()) {
-            // Move the partial frame to the front.
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, pending);
-        }
-        if self.buf.len() < need.max(self.end + 1) {
-            self.buf.resize(need.max(self.end + 1).next_power_of_two(), 0);
-        }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
-        self.end += n;
-        self.small_reads = if n < READ_MIN / 2 { self.small_reads.saturating_add(1) } else { 0 };
-        if self.end == self.buf.len() && self.buf.len() < READ_CHUNK {
-            // The read filled the buffer: a burst; read more at a time.
-            self.buf.resize(self.buf.len() * 2, 0);
-        }
-        Ok(n > 0)
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
@@ -294,6 +290,126 @@ impl GatewaySocket {
             }
         }
         Ok(())
+    }
+}
+
+impl FrameBuffer {
+    /// A reader whose buffer `buf` already holds `buf[start..end]` unparsed
+    /// (what followed the upgrade response).
+    pub fn new(buf: Vec<u8>, start: usize, end: usize) -> Self {
+        Self {
+            buf,
+            start,
+            end,
+            small_reads: SMALL_READS,
+            fragments: Vec::new(),
+            fragmented: None,
+            assembled: Vec::new(),
+        }
+    }
+
+    /// Parses the next frame of the unparsed bytes, consuming it if it is
+    /// complete. Fragments are put together here; pongs are skipped.
+    pub fn parse(&mut self) -> io::Result<Step> {
+        loop {
+            let Some((fin, opcode, len, header)) = parse_header(&self.buf[self.start..self.end])? else {
+                return Ok(Step::Need(0));
+            };
+            if self.end - self.start < header + len {
+                return Ok(Step::Need(header + len));
+            }
+            let at = self.start + header;
+            self.start = at + len;
+            match opcode {
+                OP_PING => return Ok(Step::Ping(at..at + len)),
+                OP_PONG => {}
+                OP_CLOSE => return Ok(Step::Message(Complete::Close(at..at + len))),
+                OP_TEXT | OP_BINARY if self.fragmented.is_some() => {
+                    return Err(protocol_error("a new message inside a fragmented one"));
+                }
+                OP_TEXT | OP_BINARY if !fin => {
+                    self.fragmented = Some(opcode);
+                    self.fragments.clear();
+                    self.fragments.extend_from_slice(&self.buf[at..at + len]);
+                }
+                OP_CONTINUATION => {
+                    let Some(first) = self.fragmented else {
+                        return Err(protocol_error("a continuation frame with nothing to continue"));
+                    };
+                    if self.fragments.len() + len > MAX_MESSAGE {
+                        return Err(protocol_error("a message is larger than 64 MiB"));
+                    }
+                    self.fragments.extend_from_slice(&self.buf[at..at + len]);
+                    if fin {
+                        self.fragmented = None;
+                        self.assembled = std::mem::take(&mut self.fragments);
+                        return Ok(Step::Message(if first == OP_TEXT {
+                            Complete::Assembled
+                        } else {
+                            Complete::AssembledBinary
+                        }));
+                    }
+                }
+                OP_TEXT => return Ok(Step::Message(Complete::Text(at..at + len))),
+                OP_BINARY => return Ok(Step::Message(Complete::Binary(at..at + len))),
+                _ => return Err(protocol_error("unknown opcode")),
+            }
+        }
+    }
+
+    /// The message [`Self::parse`] found (text is checked to be UTF-8 here).
+    pub fn message(&self, message: Complete) -> io::Result<Incoming<'_>> {
+        Ok(match message {
+            Complete::Text(payload) => Incoming::Text(utf8(&self.buf[payload])?),
+            Complete::Assembled => Incoming::Text(utf8(&self.assembled)?),
+            Complete::Binary(payload) => Incoming::Binary(&self.buf[payload]),
+            Complete::AssembledBinary => Incoming::Binary(&self.assembled),
+            Complete::Close(payload) => {
+                let (code, reason) = match &self.buf[payload] {
+                    [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), String::from_utf8_lossy(reason).into_owned()),
+                    _ => (1005, String::new()),
+                };
+                Incoming::Close(code, reason)
+            }
+        })
+    }
+
+    /// The payload bytes at `range` of the buffer (a [`Step::Ping`]'s).
+    pub fn payload(&self, range: Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Where the next read goes, with room for a frame of `need` bytes
+    /// (never empty); report what was read with [`Self::filled`].
+    pub fn read_space(&mut self, need: usize) -> &mut [u8] {
+        let pending = self.end - self.start;
+        if pending == 0 && self.buf.len() > READ_MIN && self.small_reads >= SMALL_READS {
+            // Reads have been small for a while: the burst (or a very large
+            // message) is over; give the memory back.
+            self.buf = vec![0; READ_MIN];
+            (self.start, self.end) = (0, 0);
+        }
+        if self.start > 0 && (pending == 0 || self.start + need.max(pending + 1) > self.buf.len()) {
+            // Move the partial frame to the front.
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, pending);
+        }
+        if self.buf.len() < need.max(self.end + 1) {
+            self.buf.resize(need.max(self.end + 1).next_power_of_two(), 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`Self::read_space`]; false at
+    /// end of stream (`n == 0`).
+    pub fn filled(&mut self, n: usize) -> bool {
+        self.end += n;
+        self.small_reads = if n < READ_MIN / 2 { self.small_reads.saturating_add(1) } else { 0 };
+        if self.end == self.buf.len() && self.buf.len() < READ_CHUNK {
+            // The read filled the buffer: a burst; read more at a time.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        n > 0
     }
 }
 
@@ -437,16 +553,21 @@ mod tests {
         let got = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let tcp = glommio::net::TcpStream::connect(addr).await.unwrap();
-                let mut ws = GatewaySocket::handshake(GatewayStream::Plain(tcp), "localhost", "/?v=10&encoding=json")
-                    .await
-                    .unwrap();
+                let mut ws = GatewaySocket::handshake(
+                    GatewayStream::Plain(tcp),
+                    "localhost",
+                    "/?v=10&encoding=json",
+                    Compression::None,
+                )
+                .await
+                .unwrap();
                 let mut got = Vec::new();
                 loop {
                     match ws.next().await.unwrap() {
                         Some(Incoming::Text(t)) => {
                             got.push(if t.len() > 1000 { format!("big {}", t.len()) } else { t.to_owned() })
                         }
-                        Some(Incoming::Binary) => got.push("binary".to_owned()),
+                        Some(Incoming::Binary(_)) => got.push("binary".to_owned()),
                         Some(Incoming::Close(code, reason)) => {
                             got.push(format!("close {code} {reason}"));
                             break;

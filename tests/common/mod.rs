@@ -441,3 +441,54 @@ pub async fn wait_metric(proxy: &Proxy, series: &str, value: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs the proxy binary against `fake` (with `overrides` merged into the
+/// config and `env` set) until it exits by itself, within WAIT; returns its
+/// exit code and what it wrote to stderr. For start-up failures.
+pub async fn run_proxy_to_exit(fake: &FakeDiscord, overrides: Value, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut config = json!({
+        "log_level": "info,gateway_proxy=debug",
+        "token": fake.token(),
+        "intents": 513,
+        "host": "127.0.0.1",
+        "port": 0,
+        "api_url": fake.api_url(),
+        "cores": 1,
+    });
+    for (k, v) in overrides.as_object().expect("overrides are an object") {
+        config[k] = v.clone();
+    }
+    let dir = std::env::temp_dir().join(format!("gateway-proxy-test-{}-{}", std::process::id(), fastrand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("TOKEN")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the proxy binary");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut out);
+        out
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the proxy") {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the proxy did not exit within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (code, tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap())
+}

@@ -11,6 +11,7 @@ use flate2::Compression;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -22,10 +23,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::firehose::{now_nanos, FirehoseStats, Job};
 use crate::payloads::random_hex;
+use crate::transport::{self, CutSwitch, FakeStream};
 use crate::{op_text, ConnCmd, ConnRef, Inner, Session};
 
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
-type Stream = SplitStream<WebSocketStream<TcpStream>>;
+type Sink = SplitSink<WebSocketStream<FakeStream>, Message>;
+type Stream = SplitStream<WebSocketStream<FakeStream>>;
 
 /// Largest payload a client may send, in bytes.
 const MAX_PAYLOAD: usize = 4096;
@@ -154,6 +156,8 @@ enum End {
     Close(u16),
     /// The socket is gone or must be dropped.
     Gone,
+    /// Shut the stream down (TLS close_notify, TCP FIN) without a close frame.
+    CloseNotify,
 }
 
 struct Conn {
@@ -173,6 +177,8 @@ struct Conn {
     pending_flush: bool,
     /// Firehose jobs, and dispatches queued behind them, in seq order.
     outbox: VecDeque<Queued>,
+    /// Cuts the next write and resets the connection.
+    cut: CutSwitch,
 }
 
 /// What waits in a connection's outbox while a firehose runs.
@@ -191,7 +197,14 @@ async fn firehose_due(due: Option<Instant>) {
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
-async fn handle(inner: Arc<Inner>, stream: TcpStream) {
+async fn handle(inner: Arc<Inner>, tcp: TcpStream) {
+    let (stream, cut) = match transport::accept(tcp, inner.tls.as_ref()).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            log::debug!("gateway TLS handshake failed: {e}");
+            return;
+        }
+    };
     let mut query: Option<String> = None;
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         query = req.uri().query().map(str::to_owned);
@@ -227,28 +240,51 @@ async fn handle(inner: Arc<Inner>, stream: TcpStream) {
         hb_timeout,
         pending_flush: false,
         outbox: VecDeque::new(),
+        cut,
     };
-    conn.run(stream, rx, query.as_deref()).await;
+    let rest = conn.run(stream, rx, query.as_deref()).await;
     conn.detach(false);
     inner.lock().conns.remove(&id);
+    if let Some(stream) = rest {
+        // close_notify (under TLS) and FIN, and no websocket close frame.
+        let Conn { sink, .. } = conn;
+        if let Ok(mut ws) = sink.reunite(stream) {
+            let stream = ws.get_mut();
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+            // Read until the peer closes too: closing with unread bytes
+            // would send a reset after the close_notify.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+    }
 }
 
 impl Conn {
-    async fn run(&mut self, mut stream: Stream, mut rx: UnboundedReceiver<ConnCmd>, query: Option<&str>) {
+    /// Serves the connection; returns the stream when it is to be shut down
+    /// without a close frame ([`End::CloseNotify`]).
+    async fn run(
+        &mut self,
+        mut stream: Stream,
+        mut rx: UnboundedReceiver<ConnCmd>,
+        query: Option<&str>,
+    ) -> Option<Stream> {
         let kind = match parse_query(query) {
             Ok(kind) => kind,
             Err(code) => {
                 self.close(code, &mut stream).await;
-                return;
+                return None;
             }
         };
         self.encoder = match Encoder::new(kind) {
             Ok(e) => e,
-            Err(_) => return,
+            Err(_) => return None,
         };
         let hello = json!({ "heartbeat_interval": self.inner.config.heartbeat_interval_ms, "_trace": ["[\"fake-discord-gateway\",{\"micros\":0}]"] });
         if self.send(&Utf8Bytes::from(op_text(10, &hello.to_string()))).await.is_err() {
-            return;
+            return None;
         }
         let mut pending: Option<ConnCmd> = None;
         loop {
@@ -257,9 +293,10 @@ impl Conn {
                     Ok(()) => continue,
                     Err(End::Close(code)) => {
                         self.close(code, &mut stream).await;
-                        return;
+                        return None;
                     }
-                    Err(End::Gone) => return,
+                    Err(End::Gone) => return None,
+                    Err(End::CloseNotify) => return Some(stream),
                 }
             }
             let due = self.outbox.front().map(|q| match q {
@@ -294,9 +331,10 @@ impl Conn {
                 Ok(()) => {}
                 Err(End::Close(code)) => {
                     self.close(code, &mut stream).await;
-                    return;
+                    return None;
                 }
-                Err(End::Gone) => return,
+                Err(End::Gone) => return None,
+                Err(End::CloseNotify) => return Some(stream),
             }
         }
     }
@@ -335,6 +373,16 @@ impl Conn {
             }
             ConnCmd::Close(code) => Err(End::Close(code)),
             ConnCmd::Drop => Err(End::Gone),
+            ConnCmd::ResetMidRecord => {
+                // Whatever was fed goes out whole; the next write is cut.
+                self.flush().await?;
+                self.cut.arm();
+                Ok(())
+            }
+            ConnCmd::CloseNotify => {
+                self.flush().await?;
+                Err(End::CloseNotify)
+            }
             ConnCmd::InvalidSession(resumable) => {
                 self.shard = None;
                 self.session_id = None;

@@ -2,7 +2,9 @@
 //! gateway speaking Discord's v10 protocol (Hello, Identify, READY,
 //! GUILD_CREATE, heartbeats, Resume with replay, Invalid Session, close codes,
 //! zlib-stream and zstd-stream transport compression, member chunking, voice
-//! state updates).
+//! state updates), over plain TCP or TLS ([`FakeConfig::tls`]), with network
+//! faults on demand (a TCP reset in the middle of a TLS record, a TLS
+//! close_notify without a websocket close frame).
 //!
 //! Used in-process by gateway-proxy's end-to-end tests (inside any tokio
 //! runtime), by the `fake-discord` demo binary and by benchmarks.
@@ -21,6 +23,7 @@ pub mod firehose;
 mod gateway;
 pub mod payloads;
 mod rest;
+mod transport;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -36,6 +39,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use firehose::{FirehoseHandle, FirehoseMix, FirehoseSpec, FirehoseStats};
 pub use payloads::Generator;
+pub use transport::FakeTls;
 
 /// Configuration of a [`FakeDiscord`].
 #[derive(Clone, Debug)]
@@ -73,6 +77,10 @@ pub struct FakeConfig {
     pub rest_port: u16,
     /// Gateway port; 0 picks an ephemeral port. Default 0.
     pub gateway_port: u16,
+    /// Serve REST and the gateway over TLS with this certificate
+    /// (`https://localhost:P`, `wss://localhost:Q`). Default `None`: plain
+    /// `http://` and `ws://` on the IP address.
+    pub tls: Option<FakeTls>,
 }
 
 impl Default for FakeConfig {
@@ -92,6 +100,7 @@ impl Default for FakeConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rest_port: 0,
             gateway_port: 0,
+            tls: None,
         }
     }
 }
@@ -104,6 +113,11 @@ pub(crate) enum ConnCmd {
     Close(u16),
     /// End the connection abruptly, without a close frame.
     Drop,
+    /// Cut the next write in the middle (of its TLS record under TLS) and
+    /// reset the TCP connection.
+    ResetMidRecord,
+    /// End with TLS close_notify and a TCP FIN, without a close frame.
+    CloseNotify,
     /// Send op 9 with this `d` and forget the connection's authentication.
     InvalidSession(bool),
     /// Run a firehose job (its seq range is already reserved).
@@ -212,6 +226,8 @@ pub(crate) struct Inner {
     pub(crate) identifies: AtomicU64,
     pub(crate) resumes: AtomicU64,
     pub(crate) next_conn_id: AtomicU64,
+    /// TLS for both listeners, when configured.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// Serialized GUILD_CREATE `d` per guild, by (presences, large).
     guild_cache: Vec<[OnceLock<Arc<str>>; 4]>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -270,9 +286,19 @@ impl FakeDiscord {
             config.unavailable_guilds,
         );
         let guild_cache = (0..config.guilds).map(|_| Default::default()).collect();
+        let tls = config.tls.as_ref().map(FakeTls::acceptor).transpose()?;
+        // Under TLS the URLs name the host, so certificate names are checked.
+        let (api_url, gateway_url) = match tls {
+            None => (format!("http://{rest_addr}/api/v10"), format!("ws://{gateway_addr}")),
+            Some(_) => (
+                format!("https://localhost:{}/api/v10", rest_addr.port()),
+                format!("wss://localhost:{}", gateway_addr.port()),
+            ),
+        };
         let inner = Arc::new(Inner {
-            api_url: format!("http://{rest_addr}/api/v10"),
-            gateway_url: format!("ws://{gateway_addr}"),
+            api_url,
+            gateway_url,
+            tls,
             config,
             generator,
             state: Mutex::new(State::default()),
@@ -299,12 +325,14 @@ impl FakeDiscord {
         &self.inner.generator
     }
 
-    /// REST base URL, e.g. `http://127.0.0.1:P/api/v10`.
+    /// REST base URL, e.g. `http://127.0.0.1:P/api/v10` (with
+    /// [`FakeConfig::tls`]: `https://localhost:P/api/v10`).
     pub fn api_url(&self) -> String {
         self.inner.api_url.clone()
     }
 
-    /// Gateway URL, e.g. `ws://127.0.0.1:Q` (also READY's `resume_gateway_url`).
+    /// Gateway URL, e.g. `ws://127.0.0.1:Q` (with [`FakeConfig::tls`]:
+    /// `wss://localhost:Q`); also READY's `resume_gateway_url`.
     pub fn gateway_url(&self) -> String {
         self.inner.gateway_url.clone()
     }
@@ -402,6 +430,35 @@ impl FakeDiscord {
             return false;
         };
         let _ = conn.tx.send(ConnCmd::Drop);
+        true
+    }
+
+    /// Cuts the shard's connection in the middle of a TLS record: the next
+    /// frame it writes (a dispatch, a heartbeat ACK) is cut after half of the
+    /// TLS record it starts with (half of the frame on a plain connection),
+    /// and once the receiver's kernel has acknowledged that half the TCP
+    /// connection is reset (`SO_LINGER` 0: RST, no close frame, no
+    /// close_notify). The dispatch that was cut, and those after it, stay in
+    /// the session for a Resume. Returns whether there was a connection.
+    pub fn reset_connection_mid_record(&self, shard: u32) -> bool {
+        let state = self.inner.lock();
+        let Some(conn) = state.shards.get(&shard).and_then(|s| s.conn.as_ref()) else {
+            return false;
+        };
+        let _ = conn.tx.send(ConnCmd::ResetMidRecord);
+        true
+    }
+
+    /// Ends the shard's connection with a TLS close_notify and a TCP FIN,
+    /// without a websocket close frame (on a plain connection: the FIN
+    /// alone). The session stays resumable. Returns whether there was a
+    /// connection.
+    pub fn close_notify(&self, shard: u32) -> bool {
+        let mut state = self.inner.lock();
+        let Some(conn) = state.shards.get_mut(&shard).and_then(|s| s.conn.take()) else {
+            return false;
+        };
+        let _ = conn.tx.send(ConnCmd::CloseNotify);
         true
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Inner;
@@ -21,7 +21,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 let inner = Arc::clone(&inner);
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), handle(inner, stream)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), accept(inner, stream)).await;
                 });
             }
             Err(e) => {
@@ -62,7 +62,21 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
     Some(Head { method, path, headers })
 }
 
-async fn handle(inner: Arc<Inner>, mut stream: TcpStream) -> std::io::Result<()> {
+/// Serves one request, under TLS when the fake has it.
+async fn accept(inner: Arc<Inner>, tcp: TcpStream) -> std::io::Result<()> {
+    match inner.tls.clone() {
+        None => handle(inner, tcp).await,
+        Some(acceptor) => match acceptor.accept(tcp).await {
+            Ok(tls) => handle(inner, tls).await,
+            Err(e) => {
+                log::debug!("rest TLS handshake failed: {e}");
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(inner: Arc<Inner>, mut stream: S) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -151,7 +165,12 @@ fn route(inner: &Inner, head: &Head) -> (u16, &'static str, Value) {
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, reason: &str, body: &Value) -> std::io::Result<()> {
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: &str,
+    body: &Value,
+) -> std::io::Result<()> {
     let body = body.to_string();
     let response = format!(
         "HTTP/1.1 {status} {reason}\r\n\

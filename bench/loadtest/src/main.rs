@@ -48,6 +48,8 @@ usage: cargo run --release -p loadtest -- [options]
   --proxy-intents N  intents the proxy identifies with (default 513: GUILDS | GUILD_MESSAGES)
   --client-intents N intents every consumer identifies with (default 513; fewer than the
                      proxy's makes the proxy filter each event per client)
+  --upstream-compression none|zlib-stream|zstd-stream
+                     transport compression the proxy asks of the fake (default: the proxy's, none)
   --proxy PATH       proxy binary to test (default target/release/gateway-proxy)
   --no-build         do not run `cargo build --release -p gateway-proxy` first
   -h, --help         this help
@@ -149,6 +151,9 @@ fn parse_args() -> Result<Args, String> {
             "--no-build" => a.build = false,
             "--proxy-intents" => proxy::set_intents(num("--proxy-intents")?),
             "--client-intents" => consumer::set_intents(num("--client-intents")?),
+            "--upstream-compression" => {
+                proxy::set_upstream_compression(&it.next().ok_or("--upstream-compression needs a value")?)
+            }
             "--proxy" => {
                 a.proxy = Some(it.next().map(PathBuf::from).ok_or("--proxy needs a path")?);
                 a.build = false;

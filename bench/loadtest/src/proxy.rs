@@ -14,6 +14,14 @@ static INTENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 pub fn set_intents(intents: u64) {
     INTENTS.store(intents, std::sync::atomic::Ordering::Relaxed);
 }
+/// `upstream_compression` of every proxy (`--upstream-compression`).
+static UPSTREAM_COMPRESSION: Mutex<String> = Mutex::new(String::new());
+
+/// Sets the transport compression every proxy asks of the fake.
+pub fn set_upstream_compression(value: &str) {
+    *UPSTREAM_COMPRESSION.lock().unwrap() = value.to_owned();
+}
+
 /// Settings of one proxy process.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -172,6 +180,10 @@ impl Proxy {
         }
         if let Some(n) = settings.backpressure {
             config["backpressure"] = n.into();
+        }
+        let compression = UPSTREAM_COMPRESSION.lock().unwrap().clone();
+        if !compression.is_empty() {
+            config["upstream_compression"] = compression.into();
         }
         let config_path = dir.join(format!("proxy-{port}.json"));
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap_or_default())

@@ -196,6 +196,18 @@ async fn run_case(args: &TrickleArgs, binary: &Path, dir: &Path, shards: u32, ra
     }
     row.rss_after_kib = rss(&target);
     if let Some(p) = &target.proxy {
+        // What crossed the upstream sockets, for `--upstream-compression`.
+        let metrics = crate::proxy::http_get(p.port, "/metrics").unwrap_or_default();
+        let events = metric_sum(&metrics, "gateway_proxy_events_received_total{").max(1);
+        let plain = metric_sum(&metrics, "gateway_proxy_upstream_received_bytes_total{");
+        let compressed = metric_sum(&metrics, "gateway_proxy_upstream_compressed_bytes_total{");
+        eprintln!(
+            "loadtest: upstream, {shards} shards: {events} dispatches, {:.0} B/event of JSON, {:.0} B/event compressed",
+            plain as f64 / events as f64,
+            compressed as f64 / events as f64
+        );
+    }
+    if let Some(p) = &target.proxy {
         if row.runs.iter().chain(&row.syscalls).any(|r| r.zombied > 0) {
             let lines = p.log_lines();
             row.errors.extend(lines.iter().filter(|l| l.contains("zombied")).take(3).cloned());
