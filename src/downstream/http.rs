@@ -68,10 +68,16 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
 
 /// A complete plain HTTP response.
 pub fn response(status: u16, reason: &str, content_type: &str, body: &str) -> Vec<u8> {
+    response_with(status, reason, content_type, "", body)
+}
+
+/// [`response`] with `extra_headers` (each line ending in `\r\n`) in its head.
+pub fn response_with(status: u16, reason: &str, content_type: &str, extra_headers: &str, body: &str) -> Vec<u8> {
     let mut out = String::with_capacity(128 + body.len());
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_headers}\
+         Connection: close\r\n\r\n{body}",
         body.len()
     );
     out.into_bytes()

@@ -162,12 +162,9 @@ async fn refuse(stream: TcpStream, peer: &str, refusal: Refusal) {
     crate::metrics::global().refused_connection(refusal.label());
     let (status, reason, body) = refusal.response();
     log::warn!("{peer}: connection refused with {status}: {}", body.trim_end());
-    let mut response = http::response(status, reason, "text/plain; charset=utf-8", &body);
-    if status == 503 {
-        // Limits on totals clear as other connections identify or leave.
-        let at = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response has a head");
-        response.splice(at + 2..at + 2, b"Retry-After: 5\r\n".iter().copied());
-    }
+    // Limits on totals clear as other connections identify or leave.
+    let retry = if status == 503 { "Retry-After: 5\r\n" } else { "" };
+    let response = http::response_with(status, reason, "text/plain; charset=utf-8", retry, &body);
     answer_and_close(stream, &response).await;
 }
 

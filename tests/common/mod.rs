@@ -38,33 +38,7 @@ impl Proxy {
 
     /// As [`Proxy::start`], with these environment variables set for the process.
     pub async fn start_with_env(fake: &FakeDiscord, overrides: Value, env: &[(&str, &str)]) -> Proxy {
-        let mut config = json!({
-            "log_level": "info,gateway_proxy=debug",
-            "token": fake.token(),
-            "intents": 513,
-            "host": "127.0.0.1",
-            "port": 0,
-            "api_url": fake.api_url(),
-            "cores": 1,
-            "identify_timeout_secs": 10,
-        });
-        for (k, v) in overrides.as_object().expect("overrides are an object") {
-            config[k] = v.clone();
-        }
-        let dir = std::env::temp_dir().join(format!("gateway-proxy-test-{}-{}", std::process::id(), fastrand_u64()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"))
-            .arg("--config")
-            .arg(&path)
-            .env_remove("TOKEN")
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the proxy binary");
+        let (mut child, path, config) = spawn_proxy(fake, overrides, env);
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -146,6 +120,40 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes the test config (`overrides` merged into the defaults) and starts
+/// the proxy binary on it with `env`, stderr piped; returns the child, the
+/// config's path and the config.
+fn spawn_proxy(fake: &FakeDiscord, overrides: Value, env: &[(&str, &str)]) -> (Child, std::path::PathBuf, Value) {
+    let mut config = json!({
+        "log_level": "info,gateway_proxy=debug",
+        "token": fake.token(),
+        "intents": 513,
+        "host": "127.0.0.1",
+        "port": 0,
+        "api_url": fake.api_url(),
+        "cores": 1,
+        "identify_timeout_secs": 10,
+    });
+    for (k, v) in overrides.as_object().expect("overrides are an object") {
+        config[k] = v.clone();
+    }
+    let dir = std::env::temp_dir().join(format!("gateway-proxy-test-{}-{}", std::process::id(), fastrand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("TOKEN")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the proxy binary");
+    (child, path, config)
 }
 
 fn fastrand_u64() -> u64 {
@@ -446,32 +454,7 @@ pub async fn wait_metric(proxy: &Proxy, series: &str, value: u64) {
 /// config and `env` set) until it exits by itself, within WAIT; returns its
 /// exit code and what it wrote to stderr. For start-up failures.
 pub async fn run_proxy_to_exit(fake: &FakeDiscord, overrides: Value, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut config = json!({
-        "log_level": "info,gateway_proxy=debug",
-        "token": fake.token(),
-        "intents": 513,
-        "host": "127.0.0.1",
-        "port": 0,
-        "api_url": fake.api_url(),
-        "cores": 1,
-    });
-    for (k, v) in overrides.as_object().expect("overrides are an object") {
-        config[k] = v.clone();
-    }
-    let dir = std::env::temp_dir().join(format!("gateway-proxy-test-{}-{}", std::process::id(), fastrand_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-proxy"))
-        .arg("--config")
-        .arg(&path)
-        .env_remove("TOKEN")
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the proxy binary");
+    let (mut child, _, _) = spawn_proxy(fake, overrides, env);
     let mut stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut out = String::new();
