@@ -58,20 +58,63 @@ impl AsyncWrite for GatewayStream {
 
 pub use super::websocket::GatewaySocket;
 
-/// Resolves a host off the executor thread (IP literals need no lookup).
-pub async fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+/// Time one address of a host gets before the next one is tried. Discord's
+/// name has several (IPv4 and IPv6); on a host whose IPv6 route is broken
+/// the first may never answer, and the others must still be reached within
+/// [`CONNECT_TIMEOUT`].
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Resolves a host off the executor thread (IP literals need no lookup):
+/// every address, in the resolver's order of preference.
+pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let host = host.to_owned();
     crate::runtime::offload::run_blocking("dns", move || {
-        (host.as_str(), port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} does not resolve")))
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for addr in (host.as_str(), port).to_socket_addrs()? {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host} does not resolve")));
+        }
+        Ok(addrs)
     })
     .await
     .unwrap_or_else(|| Err(io::Error::other("DNS helper thread failed")))
+}
+
+/// Opens TCP to the first of `addrs` that accepts, in order; each but the
+/// last gets [`ADDRESS_TIMEOUT`]. The error names every address that failed.
+pub async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut failures = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let attempt = if i + 1 < addrs.len() {
+            TcpStream::connect_timeout(*addr, ADDRESS_TIMEOUT).await
+        } else {
+            TcpStream::connect(*addr).await
+        };
+        match attempt {
+            Ok(tcp) => {
+                if !failures.is_empty() {
+                    log::warn!("connected to {addr} after {}", failures.join("; "));
+                }
+                return Ok(tcp);
+            }
+            Err(e) => {
+                let e = io::Error::from(e);
+                let kind = e.kind();
+                failures.push(format!("{addr}: {e}"));
+                if i + 1 == addrs.len() {
+                    return Err(io::Error::new(kind, failures.join("; ")));
+                }
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to"))
 }
 
 /// Connects to `url` (a gateway URL; the query `v=10&encoding=json` is
@@ -81,8 +124,8 @@ pub async fn connect(url: &str, compression: Compression) -> io::Result<GatewayS
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?
         .with_query(compression.query());
     glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        let addr = resolve(&endpoint.host, endpoint.port).await?;
-        let tcp = TcpStream::connect(addr).await?;
+        let addrs = resolve(&endpoint.host, endpoint.port).await?;
+        let tcp = connect_any(&addrs).await?;
         tcp.set_nodelay(true)?;
         let stream = if endpoint.tls {
             let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone())
@@ -107,9 +150,29 @@ mod tests {
     #[test]
     fn resolves_names_off_the_executor_and_literals_directly() {
         glommio::LocalExecutor::default().run(async {
-            assert_eq!(super::resolve("127.0.0.1", 80).await.unwrap().port(), 80);
-            let addr = super::resolve("localhost", 443).await.expect("localhost resolves");
-            assert!(addr.ip().is_loopback());
+            assert_eq!(super::resolve("127.0.0.1", 80).await.unwrap()[0].port(), 80);
+            let addrs = super::resolve("localhost", 443).await.expect("localhost resolves");
+            assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 443));
+        });
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn closed_port() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    }
+
+    #[test]
+    fn the_next_address_is_tried_when_one_refuses() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let dead = closed_port();
+        glommio::LocalExecutor::default().run(async move {
+            let tcp = super::connect_any(&[dead, open]).await.expect("the second address accepts");
+            assert_eq!(tcp.peer_addr().unwrap(), open);
+            let e = super::connect_any(&[dead, closed_port()]).await.expect_err("nothing accepts");
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+            assert!(e.to_string().starts_with(&format!("{dead}: ")), "names each address: {e}");
+            assert_eq!(e.to_string().matches("127.0.0.1:").count(), 2, "{e}");
         });
     }
 }
