@@ -65,7 +65,10 @@ pub use super::websocket::GatewaySocket;
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Resolves a host off the executor thread (IP literals need no lookup):
-/// every address, in the resolver's order of preference.
+/// every address, in the resolver's order of preference with the families
+/// alternating (RFC 8305's interleaving), so that after a first IPv6
+/// address that does not answer, an IPv4 one comes next rather than the
+/// rest of the IPv6 ones.
 pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -81,10 +84,27 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         if addrs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host} does not resolve")));
         }
-        Ok(addrs)
+        Ok(interleave_families(addrs))
     })
     .await
     .unwrap_or_else(|| Err(io::Error::other("DNS helper thread failed")))
+}
+
+/// `addrs` with IPv6 and IPv4 alternating, each family in its own order,
+/// starting with the family of the first.
+fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else { return addrs };
+    let first_v6 = first.is_ipv6();
+    let (mut lead, mut other): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(lead.len() + other.len());
+    lead.reverse();
+    other.reverse();
+    loop {
+        match (lead.pop(), other.pop()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
 }
 
 /// Opens TCP to the first of `addrs` that accepts, in order; each but the
@@ -154,6 +174,16 @@ mod tests {
             let addrs = super::resolve("localhost", 443).await.expect("localhost resolves");
             assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 443));
         });
+    }
+
+    #[test]
+    fn address_families_alternate_from_the_first() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let (v6a, v6b, v6c, v4a, v4b) = (a("[::1]:1"), a("[::2]:1"), a("[::3]:1"), a("10.0.0.1:1"), a("10.0.0.2:1"));
+        assert_eq!(super::interleave_families(vec![v6a, v6b, v6c, v4a, v4b]), vec![v6a, v4a, v6b, v4b, v6c]);
+        assert_eq!(super::interleave_families(vec![v4a, v4b, v6a]), vec![v4a, v6a, v4b]);
+        assert_eq!(super::interleave_families(vec![v4b, v4a]), vec![v4b, v4a]);
+        assert!(super::interleave_families(Vec::new()).is_empty());
     }
 
     /// A port nothing listens on (bound, then closed).
