@@ -65,23 +65,16 @@ enum HeadError {
 }
 
 impl HeadError {
-    /// The answer to the peer, if it can still get one.
-    fn response(&self) -> Option<Vec<u8>> {
-        let plain = |status, reason, body: String| http::response(status, reason, "text/plain; charset=utf-8", &body);
-        match self {
-            Self::Invalid(e) => Some(plain(400, "Bad Request", format!("bad request: {e}\n"))),
-            Self::TooLarge(max) => Some(plain(
-                431,
-                "Request Header Fields Too Large",
-                format!("request head larger than {max} bytes (max_request_head_bytes)\n"),
-            )),
-            Self::TimedOut(t) => Some(plain(
-                408,
-                "Request Timeout",
-                format!("no complete request head within {}s (handshake_timeout_secs)\n", t.as_secs()),
-            )),
-            Self::Gone(_) => None,
-        }
+    /// The status and the answer to the peer, if it can still get one: the
+    /// error's own words, naming the config key that bounds it.
+    fn response(&self) -> Option<(u16, Vec<u8>)> {
+        let (status, reason, key) = match self {
+            Self::Invalid(_) => (400, "Bad Request", ""),
+            Self::TooLarge(_) => (431, "Request Header Fields Too Large", " (max_request_head_bytes)"),
+            Self::TimedOut(_) => (408, "Request Timeout", " (handshake_timeout_secs)"),
+            Self::Gone(_) => return None,
+        };
+        Some((status, http::response(status, reason, "text/plain; charset=utf-8", &format!("{self}{key}\n"))))
     }
 }
 
@@ -197,8 +190,8 @@ async fn handle(core: Rc<Core>, mut stream: TcpStream) {
         Ok(h) => h,
         Err(e) => {
             match e.response() {
-                Some(response) => {
-                    log::info!("{peer}: {e}; answered {}", String::from_utf8_lossy(&response[9..12]));
+                Some((status, response)) => {
+                    log::info!("{peer}: {e}; answered {status}");
                     answer_and_close(stream, &response).await;
                 }
                 None => log::debug!("{peer}: {e}"),
