@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client_codec;
 pub mod demo;
 pub mod firehose;
 mod gateway;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use fake_discord::client_codec::{Decoder, Encoding};
 use fake_discord::firehose::{now_nanos, stamp_of};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -20,20 +21,21 @@ pub enum Compress {
 }
 
 impl Compress {
-    pub fn name(self) -> &'static str {
+    /// The client encoding this compression is.
+    fn encoding(self) -> Encoding {
         match self {
-            Compress::Plain => "plain",
-            Compress::Zlib => "zlib-stream",
-            Compress::Zstd => "zstd-stream",
+            Compress::Plain => Encoding::Plain,
+            Compress::Zlib => Encoding::ZlibStream,
+            Compress::Zstd => Encoding::ZstdStream,
         }
     }
 
+    pub fn name(self) -> &'static str {
+        self.encoding().name()
+    }
+
     fn query(self) -> &'static str {
-        match self {
-            Compress::Plain => "v=10&encoding=json",
-            Compress::Zlib => "v=10&encoding=json&compress=zlib-stream",
-            Compress::Zstd => "v=10&encoding=json&compress=zstd-stream",
-        }
+        self.encoding().query()
     }
 }
 
@@ -162,74 +164,6 @@ fn fast_header(b: &[u8]) -> Option<Header<'_>> {
     Some(Header { t, s, op: Some(op?) })
 }
 
-enum Decoder {
-    Plain,
-    Zlib { inflate: flate2::Decompress, input: Vec<u8>, out: Vec<u8> },
-    Zstd { dctx: Box<zstd::stream::raw::Decoder<'static>>, out: Vec<u8> },
-}
-
-impl Decoder {
-    fn new(c: Compress) -> std::io::Result<Self> {
-        Ok(match c {
-            Compress::Plain => Decoder::Plain,
-            Compress::Zlib => {
-                Decoder::Zlib { inflate: flate2::Decompress::new(true), input: Vec::new(), out: Vec::new() }
-            }
-            Compress::Zstd => {
-                Decoder::Zstd { dctx: Box::new(zstd::stream::raw::Decoder::new()?), out: vec![0; 1 << 16] }
-            }
-        })
-    }
-
-    /// Decodes one binary message; `Ok(None)` while a zlib message is incomplete.
-    fn decode<'a>(&'a mut self, b: &'a [u8]) -> Result<Option<&'a [u8]>, String> {
-        match self {
-            Decoder::Plain => Ok(Some(b)),
-            Decoder::Zlib { inflate, input, out } => {
-                input.extend_from_slice(b);
-                if !input.ends_with(&[0, 0, 0xff, 0xff]) {
-                    return Ok(None);
-                }
-                out.clear();
-                let start = inflate.total_in();
-                loop {
-                    let used = (inflate.total_in() - start) as usize;
-                    if out.capacity() - out.len() < 4096 {
-                        out.reserve(out.capacity().max(16 * 1024));
-                    }
-                    inflate
-                        .decompress_vec(&input[used..], out, flate2::FlushDecompress::Sync)
-                        .map_err(|e| format!("zlib: {e}"))?;
-                    let used = (inflate.total_in() - start) as usize;
-                    if used == input.len() && out.capacity() > out.len() {
-                        break;
-                    }
-                }
-                input.clear();
-                Ok(Some(&out[..]))
-            }
-            Decoder::Zstd { dctx, out } => {
-                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-                let mut input = InBuffer::around(b);
-                let mut len = 0;
-                loop {
-                    if out.len() - len < 16 * 1024 {
-                        let grow = out.len().max(64 * 1024);
-                        out.resize(out.len() + grow, 0);
-                    }
-                    let mut output = OutBuffer::around_pos(&mut out[..], len);
-                    dctx.run(&mut input, &mut output).map_err(|e| format!("zstd: {e}"))?;
-                    len = output.pos();
-                    if input.pos() == b.len() && len < out.len() {
-                        break;
-                    }
-                }
-                Ok(Some(&out[..len]))
-            }
-        }
-    }
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -319,7 +253,7 @@ pub async fn run(spec: Spec, signals: Signals, mut stop: watch::Receiver<bool>) 
         },
         _ = stop.wait_for(|s| *s) => return out,
     };
-    let mut decoder = match Decoder::new(spec.compress) {
+    let mut decoder = match Decoder::new(spec.compress.encoding()) {
         Ok(d) => d,
         Err(e) => {
             out.end = End::Lost(format!("decoder: {e}"));
@@ -554,7 +488,7 @@ pub async fn run(spec: Spec, signals: Signals, mut stop: watch::Receiver<bool>) 
             r = connect(&spec.endpoint.url, spec.compress) => r,
             _ = stop.wait_for(|s| *s) => break 'read,
         };
-        match (reconnect, Decoder::new(spec.compress)) {
+        match (reconnect, Decoder::new(spec.compress.encoding())) {
             (Ok(new), Ok(d)) => {
                 ws = new;
                 decoder = d;

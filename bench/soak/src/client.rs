@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 
 use crate::check::Checker;
-use crate::codec::{Decoder, Encoding};
 use crate::ledger::Ledger;
+use fake_discord::client_codec::{Decoder, Encoding};
 
 /// Time from connecting to READY (Identify) or RESUMED (Resume).
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(20);

@@ -37,7 +37,6 @@
 mod args;
 mod check;
 mod client;
-mod codec;
 mod driver;
 mod ledger;
 mod logs;

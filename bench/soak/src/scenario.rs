@@ -12,10 +12,10 @@ use tokio::sync::watch;
 
 use crate::args::Args;
 use crate::client::{self, ClientReport, ClientSpec, Control, Progress};
-use crate::codec::Encoding;
 use crate::driver::{self, DriverReport, DriverSpec};
 use crate::ledger::Ledger;
 use crate::proxy::{self, LogLine, Proxy};
+use fake_discord::client_codec::Encoding;
 
 /// Bound on the proxy connecting every shard at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,4 +1,5 @@
-//! The encodings a soak client can ask for, and their decoders.
+//! The encodings a gateway client can ask the proxy for, and their
+//! decoders: the client side the soak and the loadtest consumers share.
 
 use std::io::Read;
 
@@ -21,6 +22,7 @@ impl Encoding {
     /// Every encoding, in the order clients are given them (round robin over shards).
     pub const ALL: [Encoding; 4] = [Encoding::Plain, Encoding::ZlibStream, Encoding::ZstdStream, Encoding::ZlibMessage];
 
+    /// The name reports print (the `compress` value, or `identify-compress`).
     pub fn name(self) -> &'static str {
         match self {
             Encoding::Plain => "plain",
@@ -47,13 +49,34 @@ impl Encoding {
 
 /// Decoder state of one connection.
 pub enum Decoder {
+    /// Messages are the payload.
     Plain,
-    ZlibStream { inflate: flate2::Decompress, input: Vec<u8>, out: Vec<u8> },
-    ZstdStream { dctx: Box<zstd::stream::raw::Decoder<'static>>, out: Vec<u8> },
-    ZlibMessage { out: Vec<u8> },
+    /// The connection's inflater, a message's compressed bytes until its
+    /// suffix, and the last payload.
+    ZlibStream {
+        /// The connection's zlib stream.
+        inflate: flate2::Decompress,
+        /// Compressed bytes of the message being received.
+        input: Vec<u8>,
+        /// The last payload.
+        out: Vec<u8>,
+    },
+    /// The connection's zstd stream and the last payload.
+    ZstdStream {
+        /// The connection's zstd stream.
+        dctx: Box<zstd::stream::raw::Decoder<'static>>,
+        /// Output buffer; the last payload is its start.
+        out: Vec<u8>,
+    },
+    /// The last payload (each message is a zlib stream of its own).
+    ZlibMessage {
+        /// The last payload.
+        out: Vec<u8>,
+    },
 }
 
 impl Decoder {
+    /// A fresh decoder for a new connection using `e`.
     pub fn new(e: Encoding) -> std::io::Result<Self> {
         Ok(match e {
             Encoding::Plain => Decoder::Plain,
